@@ -1,0 +1,32 @@
+# Two commands do all the set-up: `make run` and `make test`. Each creates .venv when missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PIP     := $(BIN)/pip
+STAMP   := $(VENV)/.mvf-installed
+ASSET   := assets/face_model.npz
+
+.PHONY: setup run test asset clean
+
+setup: $(STAMP) $(ASSET)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e ".[test]"
+	touch $(STAMP)
+
+$(ASSET): $(STAMP)
+	$(BIN)/mvf build-model
+
+asset: $(STAMP)
+	$(BIN)/mvf build-model
+
+run: setup
+	$(BIN)/python tools/main_job.py
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf out runs

@@ -1,0 +1,5 @@
+import sys
+
+from mvf.cli import main
+
+sys.exit(main())

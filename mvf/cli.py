@@ -1,0 +1,51 @@
+"""The `mvf` console command: one entry point, one module per subcommand in `mvf.commands`.
+
+Each command module defines ``add_parser(subparsers)`` that registers its parser and sets
+``func`` to a callable taking the parsed arguments. Bad input raises `MvfError`; `main` prints
+it as one line (``mvf <cmd>: error: ...``) and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mvf.errors import MvfError
+
+# Subcommand modules, in the order `mvf --help` lists them.
+COMMANDS = (
+    "build_model", "export", "visualize", "synth", "train", "reconstruct", "fit", "evaluate",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mvf", description="MVF-Net: multi-view 3D face morphable model regression.")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"mvf.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"mvf.commands.{name}":
+                continue  # not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except MvfError as e:
+        print(f"mvf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mvf {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

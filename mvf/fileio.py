@@ -1,0 +1,88 @@
+"""Atomic file writes and image reading/writing with one-line errors."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from mvf.errors import file_error
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    The temporary keeps ``path``'s suffix so writers that dispatch on it still work. On an
+    exception the temporary is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as ``(H, W, 3)`` uint8 RGB; `MvfError` naming the file if it can't be read."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if not path.is_file():
+        raise file_error(path, "image not found")
+    try:
+        img = np.asarray(iio.imread(path))
+    except Exception:
+        raise file_error(path, "unreadable image (not a valid PNG/JPEG file)") from None
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, -1)
+    if img.ndim != 3 or img.shape[-1] not in (3, 4):
+        raise file_error(path, f"unsupported image shape {img.shape}")
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        img = np.clip(img.astype(np.float64) / (65535.0 if img.dtype == np.uint16 else 1.0) * 255.0, 0, 255).astype(np.uint8)
+    return img
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write ``(H, W, 3|4)`` uint8 or float-in-[0,1] image atomically (format from the suffix)."""
+    import imageio.v3 as iio
+
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, arr, extension=Path(path).suffix)
+
+
+def find_view_image(folder: str | os.PathLike, view: str) -> Path:
+    """The image file ``<folder>/<view>.<png|jpg|jpeg|bmp>``; `MvfError` if there is none."""
+    folder = Path(folder)
+    for suffix in IMAGE_SUFFIXES:
+        cand = folder / f"{view}{suffix}"
+        if cand.is_file():
+            return cand
+    raise file_error(folder, f"no '{view}' image ({view}.png or {view}.jpg)")

@@ -1,0 +1,2 @@
+"""View names and their order in every ``(B, V, ...)`` tensor."""
+VIEWS = ("front", "left", "right")
