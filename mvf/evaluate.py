@@ -1,0 +1,570 @@
+"""The MICC Florence evaluation protocol: align a predicted mesh to a ground-truth scan, report RMSE.
+
+Steps (`evaluate_meshes`):
+
+1. **Initial alignment** of the prediction to the scan: a similarity (Umeyama) on corresponding
+   3D landmarks when both are given; otherwise the nose tips are matched (the vertex with the
+   largest z after centring, or a given vertex index) and a coarse grid of rotations about the
+   nose tip is searched (yaw +-40, pitch +-30, roll +-20 degrees in 10 degree steps) for the
+   smallest truncated nearest-neighbour distance. The initial scale is 1 (both meshes in mm)
+   unless the bounding boxes differ by more than 2x, then their diagonal ratio.
+2. **Crop** the scan to the points within `CROP_RADIUS_MM` (95 mm) of its nose tip: the given
+   vertex index, else the scan vertex nearest landmark 30 when 68 (iBUG) scan landmarks are
+   given, else the largest-z vertex after centring.
+3. **Scaled ICP** of the prediction onto the cropped scan: each cropped scan point is paired
+   with its closest point on the predicted *surface*; each iteration solves a linearised
+   point-to-plane similarity step (or, with ``icp_method="point"``, the closed-form
+   point-to-point Umeyama fit); pairs landing on the prediction's open boundary or further than
+   ``max(3 x median, 2 mm)`` are dropped; it stops after ``icp_iters`` iterations, when no
+   predicted vertex moves more than ``tol_mm`` (1e-3) or when the inlier RMS changes by less
+   than 1e-4 (relative). ``scale=False`` makes it rigid.
+4. **Error**: for every cropped scan point, the distance to the closest point on the aligned
+   predicted triangles (scan -> prediction direction, exact point-to-triangle distances);
+   RMSE, mean and median in the scan's units (mm).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from mvf.errors import MvfError, file_error
+from mvf.meshread import MeshData
+
+CROP_RADIUS_MM = 95.0
+IBUG_NOSE_TIP = 30
+
+
+# ----------------------------------------------------------------------------- similarity
+@dataclass
+class Similarity:
+    """``x -> s R x + t``. s: scale; R: ``(3, 3)`` rotation; t: ``(3,)``."""
+
+    s: float = 1.0
+    R: np.ndarray = field(default_factory=lambda: np.eye(3))
+    t: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Transform ``(..., 3)`` points."""
+        return self.s * np.asarray(x) @ self.R.T + self.t
+
+    def compose(self, inner: "Similarity") -> "Similarity":
+        """``self o inner`` (apply ``inner`` first)."""
+        return Similarity(self.s * inner.s, self.R @ inner.R, self.s * self.R @ inner.t + self.t)
+
+    def inverse(self) -> "Similarity":
+        return Similarity(1.0 / self.s, self.R.T, -(self.R.T @ self.t) / self.s)
+
+    def to_dict(self) -> dict:
+        return {"scale": float(self.s), "rotation": self.R.tolist(), "translation": self.t.tolist()}
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> Similarity:
+    """Least-squares similarity mapping ``src (N, 3)`` onto ``dst (N, 3)`` (Umeyama 1991).
+
+    Raises `ValueError` when the points are degenerate (fewer than 3 or collinear).
+    """
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 3 or len(src) < 3:
+        raise ValueError("umeyama needs two (N >= 3, 3) point sets of the same shape")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    var_s = (a * a).sum() / len(src)
+    cov = b.T @ a / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    if var_s <= 1e-24 or sig[1] <= 1e-12 * max(sig[0], 1e-300):
+        raise ValueError("degenerate (collinear or coincident) points")
+    d = np.ones(3)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[2] = -1.0
+    rot = u @ np.diag(d) @ vt
+    s = float((sig * d).sum() / var_s) if with_scale else 1.0
+    return Similarity(s, rot, mu_d - s * rot @ mu_s)
+
+
+def euler_deg(rot: np.ndarray) -> tuple[float, float, float]:
+    """(pitch, yaw, roll) degrees of ``R = Rz Ry Rx`` (docs/conventions.md)."""
+    beta = math.asin(max(-1.0, min(1.0, -rot[2, 0])))
+    alpha = math.atan2(rot[2, 1], rot[2, 2])
+    gamma = math.atan2(rot[1, 0], rot[0, 0])
+    return math.degrees(alpha), math.degrees(beta), math.degrees(gamma)
+
+
+def rotation_from_euler_deg(pitch: float, yaw: float, roll: float) -> np.ndarray:
+    """``Rz(roll) Ry(yaw) Rx(pitch)`` from degrees, ``(3, 3)``."""
+    a, b, g = (math.radians(v) for v in (pitch, yaw, roll))
+    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
+    rz = np.array([[math.cos(g), -math.sin(g), 0], [math.sin(g), math.cos(g), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+# ----------------------------------------------------------------------------- point-to-triangle
+def closest_points_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray
+                                ) -> tuple[np.ndarray, np.ndarray]:
+    """Closest points of ``(M, 3)`` queries ``p`` on triangles ``(a, b, c)`` (each ``(M, 3)``).
+
+    Returns ``(points (M, 3), barycentric (M, 3))``: the projection onto the plane when it falls
+    inside the triangle, else the closest point of the three edges (robust for degenerate
+    triangles, which only use their edges).
+    """
+    ab, ac, ap = b - a, c - a, p - a
+    d00 = np.einsum("ij,ij->i", ab, ab)
+    d01 = np.einsum("ij,ij->i", ab, ac)
+    d11 = np.einsum("ij,ij->i", ac, ac)
+    d20 = np.einsum("ij,ij->i", ap, ab)
+    d21 = np.einsum("ij,ij->i", ap, ac)
+    den = d00 * d11 - d01 * d01
+    ok = den > 1e-12 * np.maximum(d00 * d11, 1e-300)
+    safe = np.where(ok, den, 1.0)
+    v = (d11 * d20 - d01 * d21) / safe
+    w = (d00 * d21 - d01 * d20) / safe
+    inside = ok & (v >= 0) & (w >= 0) & (v + w <= 1)
+
+    # Edges a->b, b->c, a->c, stacked: (3, M, 3).
+    starts = np.stack([a, b, a])
+    edges = np.stack([ab, c - b, ac])
+    ee = np.einsum("kij,kij->ki", edges, edges)
+    tt = np.einsum("kij,kij->ki", p[None] - starts, edges) / np.where(ee > 0, ee, 1.0)
+    np.clip(tt, 0.0, 1.0, out=tt)
+    diff = p[None] - starts - tt[..., None] * edges
+    k = np.argmin(np.einsum("kij,kij->ki", diff, diff), 0)
+    t_best = tt[k, np.arange(len(p))]
+    # barycentrics of the edge point: (a,b): (1-t, t, 0); (b,c): (0, 1-t, t); (a,c): (1-t, 0, t)
+    lo_col = np.array([0, 1, 0])[k]
+    hi_col = np.array([1, 2, 2])[k]
+    bary = np.zeros((len(p), 3))
+    rows = np.arange(len(p))
+    bary[rows, lo_col] = 1.0 - t_best
+    bary[rows, hi_col] = t_best
+    bary[inside] = np.stack([1 - v - w, v, w], -1)[inside]
+    pts = bary[:, :1] * a + bary[:, 1:2] * b + bary[:, 2:] * c
+    return pts, bary
+
+
+class SurfaceQuery:
+    """Exact closest points on a triangle mesh, via a k-d tree of triangle centroids.
+
+    For a query ``q`` an upper bound ``u`` of its surface distance is the distance to its
+    nearest vertex; the true closest triangle ``T`` then satisfies
+    ``|q - centroid(T)| <= u + r_T`` (``r_T``: the largest centroid-to-corner distance of ``T``),
+    so every triangle passing that test is a candidate and the minimum over them is exact.
+    Triangles are bucketed by ``r_T`` (factors of 2), one centroid k-d tree per bucket.
+    """
+
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray, boundary: tuple | None = None):
+        self.vertices = np.asarray(vertices, np.float64)
+        self.faces = np.asarray(faces, np.int64)
+        if self.faces.ndim != 2 or self.faces.shape[1] != 3 or len(self.faces) == 0:
+            raise ValueError("SurfaceQuery needs a mesh with triangles")
+        tri = self.vertices[self.faces]
+        self.centroids = tri.mean(1)
+        self.radii = np.linalg.norm(tri - self.centroids[:, None], axis=-1).max(1)
+        # Buckets of triangles whose radii are within 2x of each other, one centroid tree each,
+        # so a few large triangles do not inflate every ball query.
+        level = np.floor(np.log2(np.maximum(self.radii, 1e-12) / max(float(self.radii.max()), 1e-12)))
+        self.buckets = []
+        for lv in np.unique(level):
+            ids = np.flatnonzero(level == lv)
+            self.buckets.append((ids, cKDTree(self.centroids[ids]), float(self.radii[ids].max())))
+        self.vertex_tree = cKDTree(self.vertices[np.unique(self.faces)])
+        self._boundary = boundary
+
+    def _boundary_data(self) -> tuple[np.ndarray, np.ndarray]:
+        """(boundary vertex mask (N,), sorted codes ``min * N + max`` of boundary edges)."""
+        if self._boundary is None:
+            n = len(self.vertices)
+            e = np.sort(self.faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), 1)
+            codes, cnt = np.unique(e[:, 0] * n + e[:, 1], return_counts=True)
+            edge_codes = codes[cnt == 1]
+            mask = np.zeros(n, bool)
+            mask[edge_codes // n] = True
+            mask[edge_codes % n] = True
+            self._boundary = (mask, edge_codes)
+        return self._boundary
+
+    @property
+    def boundary_vertices(self) -> np.ndarray:
+        """``(N,)`` bool: the vertex lies on an edge used by exactly one triangle."""
+        return self._boundary_data()[0]
+
+    def query(self, points: np.ndarray, chunk: int = 4096
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Closest surface points of ``(Q, 3)`` queries.
+
+        Returns ``(dist (Q,), closest (Q, 3), face (Q,), bary (Q, 3))``.
+        """
+        pts = np.asarray(points, np.float64)
+        out_d = np.empty(len(pts))
+        out_p = np.empty((len(pts), 3))
+        out_f = np.empty(len(pts), np.int64)
+        out_b = np.empty((len(pts), 3))
+        for s in range(0, len(pts), chunk):
+            sl = slice(s, s + chunk)
+            d, p, f, b = self._query_chunk(pts[sl])
+            out_d[sl], out_p[sl], out_f[sl], out_b[sl] = d, p, f, b
+        return out_d, out_p, out_f, out_b
+
+    def _pairs_min(self, q: np.ndarray, qi: np.ndarray, fi: np.ndarray):
+        tri = self.vertices[self.faces[fi]]
+        cp, bary = closest_points_on_triangles(q[qi], tri[:, 0], tri[:, 1], tri[:, 2])
+        d2 = ((q[qi] - cp) ** 2).sum(-1)
+        # minimum per query: sort by (query, distance) and take the first of each query
+        order = np.lexsort((d2, qi))
+        first = np.r_[True, qi[order][1:] != qi[order][:-1]]
+        sel = order[first]
+        return qi[sel], np.sqrt(d2[sel]), cp[sel], fi[sel], bary[sel]
+
+    def _query_chunk(self, q: np.ndarray):
+        n = len(q)
+        # 1) upper bound: the distance to the nearest vertex used by a triangle
+        bound, _ = self.vertex_tree.query(q, k=1)
+        # 2) all triangles that can beat the bound, exactly
+        qis, fis = [], []
+        for ids, tree, rmax in self.buckets:
+            lists = tree.query_ball_point(q, bound + rmax + 1e-9)
+            lens = np.fromiter(map(len, lists), np.int64, count=n)
+            qis.append(np.repeat(np.arange(n), lens))
+            fis.append(ids[np.fromiter(itertools.chain.from_iterable(lists), np.int64, count=int(lens.sum()))])
+        qi, fi = np.concatenate(qis), np.concatenate(fis)
+        near = np.linalg.norm(q[qi] - self.centroids[fi], axis=1) <= bound[qi] + self.radii[fi] + 1e-9
+        qsel, d, cp, f, bary = self._pairs_min(q, qi[near], fi[near])
+        if len(qsel) != n:  # cannot happen (the bound's triangle is always a candidate)
+            raise RuntimeError("closest-point search lost a query")
+        return d, cp, f, bary
+
+    def on_boundary(self, face: np.ndarray, bary: np.ndarray, eps: float = 1e-9) -> np.ndarray:
+        """``(Q,)`` bool: the closest point lies on the open boundary, i.e. on an edge used by one
+        triangle only, or at a vertex of such an edge."""
+        mask, edge_codes = self._boundary_data()
+        corners = self.faces[face]
+        zero = bary <= eps
+        n_zero = zero.sum(1)
+        out = np.zeros(len(face), bool)
+        at_vertex = n_zero == 2
+        out[at_vertex] = mask[corners[at_vertex][~zero[at_vertex]]]
+        on_edge = np.flatnonzero(n_zero == 1)
+        if len(on_edge):
+            ends = np.sort(corners[on_edge][~zero[on_edge]].reshape(-1, 2), 1)
+            code = ends[:, 0] * len(self.vertices) + ends[:, 1]
+            pos = np.clip(np.searchsorted(edge_codes, code), 0, max(len(edge_codes) - 1, 0))
+            out[on_edge] = (edge_codes[pos] == code) if len(edge_codes) else False
+        return out
+
+
+# ----------------------------------------------------------------------------- protocol pieces
+def nose_tip_index(vertices: np.ndarray) -> int:
+    """The vertex with the largest z after centring (the face looks along +z)."""
+    v = np.asarray(vertices, np.float64)
+    return int(np.argmax(v[:, 2] - v[:, 2].mean()))
+
+
+def coarse_rotation_search(pred_pts: np.ndarray, pred_nose: np.ndarray, gt_pts: np.ndarray,
+                           gt_nose: np.ndarray, scale: float, truncate_mm: float = 10.0
+                           ) -> Similarity:
+    """Best rotation about the nose tip over a grid; returns the similarity pred -> gt.
+
+    ``pred_pts`` (N, 3) and ``gt_pts`` (M, 3) are (subsampled) point sets; the score is the
+    mean of ``min(distance to the nearest gt point, truncate_mm)`` over the pred points.
+    """
+    tree = cKDTree(gt_pts)
+    centred = (pred_pts - pred_nose) * scale
+    best, best_rot = np.inf, np.eye(3)
+    for yaw in range(-40, 41, 10):
+        for pitch in range(-30, 31, 10):
+            for roll in range(-20, 21, 10):
+                rot = rotation_from_euler_deg(pitch, yaw, roll)
+                d, _ = tree.query(centred @ rot.T + gt_nose, k=1, distance_upper_bound=truncate_mm)
+                score = np.minimum(d, truncate_mm).mean()
+                if score < best - 1e-12:
+                    best, best_rot = score, rot
+    return Similarity(scale, best_rot, gt_nose - scale * best_rot @ pred_nose)
+
+
+@dataclass
+class IcpResult:
+    transform: Similarity
+    iterations: int
+    converged: bool
+    inlier_rms: float
+    n_inliers: int
+
+
+def _rodrigues(w: np.ndarray) -> np.ndarray:
+    th = float(np.linalg.norm(w))
+    if th < 1e-15:
+        return np.eye(3)
+    k = w / th
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + math.sin(th) * kx + (1 - math.cos(th)) * kx @ kx
+
+
+def _plane_step(y: np.ndarray, n: np.ndarray, g: np.ndarray, scale: bool,
+                damping: float = 1e-3) -> Similarity:
+    """Linearised point-to-plane similarity increment moving surface points ``y`` (normals ``n``)
+    towards scan points ``g``: minimises ``sum (n . (y' - g))^2`` over a small rotation,
+    translation and (if ``scale``) log-scale about the centroid of ``y``, plus
+    ``damping * N * |increment|^2`` with rotation and scale measured as the displacement they
+    cause at the points' RMS radius. The damping only slows the step; the fixed point is
+    unchanged. It keeps directions the data cannot see (e.g. rotating a sphere) at zero."""
+    c = y.mean(0)
+    yc = y - c
+    cols = [np.cross(yc, n), n]
+    if scale:
+        cols.append((n * yc).sum(1, keepdims=True))
+    a = np.concatenate(cols, 1)
+    rhs = -(n * (y - g)).sum(1)
+    rad2 = float((yc * yc).sum(1).mean())
+    reg = np.r_[np.full(3, rad2), np.ones(3), np.full(a.shape[1] - 6, rad2)]
+    x = np.linalg.solve(a.T @ a + damping * len(y) * np.diag(reg), a.T @ rhs)
+    rot = _rodrigues(x[:3])
+    sc = math.exp(x[6]) if scale else 1.0
+    return Similarity(sc, rot, c + x[3:6] - sc * rot @ c)
+
+
+def scaled_icp(pred: MeshData, gt_pts: np.ndarray, init: Similarity, scale: bool = True,
+               iters: int = 50, tol_mm: float = 1e-3, rms_tol: float = 1e-4, method: str = "plane",
+               trim: float = 3.0,
+               min_trim_mm: float = 2.0, max_points: int = 20000, seed: int = 0) -> IcpResult:
+    """ICP of the predicted mesh onto scan points; see the module docstring (step 3).
+
+    ``method="plane"``: linearised point-to-plane steps (pred face normals); ``"point"``:
+    closed-form point-to-point (Umeyama) fits. At most ``max_points`` scan points (a fixed random
+    subset) are used for the fit. ``scale=False`` keeps the scale of ``init``. Stops when no
+    predicted vertex moves more than ``tol_mm`` or the inlier RMS changes by at most
+    ``rms_tol`` (relative; at least 1e-5 absolute) between iterations.
+    """
+    if method not in ("plane", "point"):
+        raise ValueError(f"method must be 'plane' or 'point', got {method!r}")
+    rng = np.random.default_rng(seed)
+    pts = gt_pts if len(gt_pts) <= max_points else gt_pts[rng.choice(len(gt_pts), max_points, replace=False)]
+    verts = np.asarray(pred.vertices, np.float64)
+    faces = np.asarray(pred.faces, np.int64)
+    lo, hi = verts.min(0), verts.max(0)
+    box = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    cur = init
+    rms, prev_rms, n_in, it, converged = float("nan"), float("inf"), 0, 0, False
+    boundary = SurfaceQuery(verts, faces)._boundary_data()  # topology only: reuse every iteration
+    for it in range(1, iters + 1):
+        moved_verts = cur.apply(verts)
+        query = SurfaceQuery(moved_verts, faces, boundary)
+        d, cp, f, bary = query.query(pts)
+        keep = ~query.on_boundary(f, bary)
+        if keep.sum() < 7:
+            raise MvfError("ICP: the prediction does not overlap the cropped scan")
+        thr = max(trim * float(np.median(d[keep])), min_trim_mm)
+        keep &= d <= thr
+        if keep.sum() < 7:
+            raise MvfError("ICP: too few matching points between the prediction and the scan")
+        rms = float(np.sqrt(np.mean(d[keep] ** 2)))
+        n_in = int(keep.sum())
+        try:
+            if method == "plane":
+                tri = moved_verts[faces[f[keep]]]
+                nrm = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+                nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-300)
+                new = _plane_step(cp[keep], nrm, pts[keep], scale).compose(cur)
+            else:
+                src = np.einsum("qk,qkj->qj", bary[keep], verts[faces[f[keep]]])  # unaligned frame
+                if scale:
+                    new = umeyama(src, pts[keep], with_scale=True)
+                else:
+                    rigid = umeyama(init.s * src, pts[keep], with_scale=False)
+                    new = Similarity(init.s, rigid.R, rigid.t)
+        except (ValueError, np.linalg.LinAlgError):
+            raise MvfError("ICP: degenerate correspondences between the prediction and the scan") from None
+        moved = float(np.abs(new.apply(box) - cur.apply(box)).max())
+        cur = new
+        if moved < tol_mm or abs(prev_rms - rms) <= max(rms_tol * rms, 1e-5):
+            converged = True
+            break
+        prev_rms = rms
+    return IcpResult(cur, it, converged, rms, n_in)
+
+
+# ----------------------------------------------------------------------------- landmarks
+def read_landmarks_3d(path: str | os.PathLike, vertices: np.ndarray) -> np.ndarray:
+    """3D landmarks ``(K, 3)`` for a mesh from a file.
+
+    Formats: ``.npy``/``.txt``/``.csv``/``.xyz`` holding either ``(K, 3)`` coordinates (mesh
+    units) or ``K`` integer vertex indices (0-based) into ``vertices``; MeshLab picked points
+    ``.pp`` (XML ``<point x= y= z=>``). `MvfError` naming the file on any problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise file_error(path, "landmark file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif suffix == ".pp":
+            import xml.etree.ElementTree as ET
+
+            root = ET.parse(path).getroot()
+            arr = np.array([[float(p.get(k)) for k in "xyz"] for p in root.iter("point")
+                            if p.get("active", "1") != "0"])
+        elif suffix in (".txt", ".csv", ".xyz"):
+            rows = [ln.replace(",", " ").split() for ln in path.read_text().splitlines()
+                    if ln.strip() and not ln.lstrip().startswith("#")]
+            arr = np.array([[float(x) for x in r] for r in rows])
+        else:
+            raise file_error(path, f"unsupported landmark file type '{path.suffix}' (.npy, .txt, .csv, .xyz, .pp)")
+    except MvfError:
+        raise
+    except Exception as e:
+        raise file_error(path, f"unreadable landmark file ({type(e).__name__})") from None
+    arr = np.asarray(arr)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim == 1:
+        if arr.size and np.issubdtype(arr.dtype, np.floating) and not np.all(arr == np.round(arr)):
+            raise file_error(path, "a 1-D landmark list must hold integer vertex indices")
+        idx = arr.astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(vertices)):
+            raise file_error(path, f"vertex index out of range (the mesh has {len(vertices)} vertices)")
+        arr = np.asarray(vertices, np.float64)[idx]
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise file_error(path, f"expected (K, 3) coordinates or K vertex indices, got shape {arr.shape}")
+    if len(arr) < 3:
+        raise file_error(path, f"need at least 3 landmarks, got {len(arr)}")
+    if not np.isfinite(arr).all():
+        raise file_error(path, "landmarks contain NaN or infinite values")
+    return arr.astype(np.float64)
+
+
+# ----------------------------------------------------------------------------- the protocol
+@dataclass
+class EvalResult:
+    """Outcome of `evaluate_meshes`; distances in the scan's units (mm)."""
+
+    rmse: float
+    mean: float
+    median: float
+    p95: float
+    n_gt_points: int
+    boundary_fraction: float
+    transform: Similarity
+    init: str
+    icp_iterations: int
+    icp_converged: bool
+    crop_radius: float
+    gt_nose: np.ndarray
+    seconds: float
+    timings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        pitch, yaw, roll = euler_deg(self.transform.R)
+        return {
+            "rmse_mm": self.rmse, "mean_mm": self.mean, "median_mm": self.median, "p95_mm": self.p95,
+            "n_gt_points": self.n_gt_points, "boundary_fraction": self.boundary_fraction,
+            "direction": "scan points -> predicted surface",
+            "crop_radius_mm": self.crop_radius, "gt_nose_tip": self.gt_nose.tolist(),
+            "init": self.init, "icp_iterations": self.icp_iterations, "icp_converged": self.icp_converged,
+            "transform_pred_to_gt": {**self.transform.to_dict(),
+                                     "pitch_yaw_roll_deg": [pitch, yaw, roll]},
+            "seconds": self.seconds, "timings_s": self.timings,
+        }
+
+
+def evaluate_meshes(pred: MeshData, gt: MeshData, pred_landmarks: np.ndarray | None = None,
+                    gt_landmarks: np.ndarray | None = None, crop_radius: float = CROP_RADIUS_MM,
+                    pred_nose_index: int | None = None, gt_nose_index: int | None = None,
+                    scale: bool = True, icp_iters: int = 50, tol_mm: float = 1e-3,
+                    icp_method: str = "plane") -> EvalResult:
+    """Run the protocol (module docstring) and return the errors and the pred -> gt transform.
+
+    Args:
+        pred: predicted mesh (needs triangles). gt: scan (its vertices are the points).
+        pred_landmarks, gt_landmarks: optional corresponding ``(K, 3)`` landmarks (both or none).
+        crop_radius: scan crop radius around its nose tip, in scan units.
+        pred_nose_index, gt_nose_index: optional nose-tip vertex indices.
+        scale: scaled (True) or rigid ICP. icp_method: ``"plane"`` or ``"point"``.
+    """
+    t0 = time.perf_counter()
+    if len(pred.faces) == 0:
+        raise MvfError("--pred: the predicted mesh has no triangles")
+    pv = np.asarray(pred.vertices, np.float64)
+    gv = np.asarray(gt.vertices, np.float64)
+    if (pred_landmarks is None) != (gt_landmarks is None):
+        raise MvfError("give both --pred-landmarks and --gt-landmarks, or neither")
+    for name, idx, n in (("pred", pred_nose_index, len(pv)), ("gt", gt_nose_index, len(gv))):
+        if idx is not None and not 0 <= idx < n:
+            raise MvfError(f"--{name}-nose-index {idx}: out of range (the mesh has {n} vertices)")
+
+    # GT nose tip (crop centre)
+    if gt_nose_index is not None:
+        gt_nose = gv[gt_nose_index]
+    elif gt_landmarks is not None and len(gt_landmarks) == 68:
+        gt_nose = gv[int(np.argmin(np.linalg.norm(gv - gt_landmarks[IBUG_NOSE_TIP], axis=1)))]
+    else:
+        gt_nose = gv[nose_tip_index(gv)]
+    crop = gv[np.linalg.norm(gv - gt_nose, axis=1) <= crop_radius]
+    if len(crop) < 10:
+        raise MvfError(f"--gt: only {len(crop)} scan points within {crop_radius:g} of the nose tip "
+                       "(wrong units or nose tip?)")
+
+    # 1) initial alignment
+    if pred_landmarks is not None:
+        if len(pred_landmarks) != len(gt_landmarks):
+            raise MvfError(f"--pred-landmarks has {len(pred_landmarks)} points but --gt-landmarks "
+                           f"has {len(gt_landmarks)}")
+        try:
+            init = umeyama(pred_landmarks, gt_landmarks, with_scale=scale)
+        except ValueError:
+            raise MvfError("landmarks are degenerate (collinear or coincident)") from None
+        init_name = "landmarks"
+    else:
+        p_nose = pv[pred_nose_index if pred_nose_index is not None else nose_tip_index(pv)]
+        s0 = 1.0
+        if scale:
+            ratio = float(np.linalg.norm(np.ptp(gv, 0)) / max(np.linalg.norm(np.ptp(pv, 0)), 1e-12))
+            s0 = ratio if not 0.5 <= ratio <= 2.0 else 1.0
+        rng = np.random.default_rng(0)
+        near = pv[np.linalg.norm(pv - p_nose, axis=1) * s0 <= crop_radius]
+        sub_p = near[rng.choice(len(near), min(len(near), 600), replace=False)]
+        sub_g = crop[rng.choice(len(crop), min(len(crop), 8000), replace=False)]
+        init = coarse_rotation_search(sub_p, p_nose, sub_g, gt_nose, s0)
+        init_name = "nose tip + coarse rotation search"
+
+    t_init = time.perf_counter()
+    # 3) ICP
+    icp = scaled_icp(pred, crop, init, scale=scale, iters=icp_iters, tol_mm=tol_mm, method=icp_method)
+
+    t_icp = time.perf_counter()
+    # 4) errors, scan -> aligned predicted surface
+    query = SurfaceQuery(icp.transform.apply(pv), pred.faces)
+    d, _, f, bary = query.query(crop)
+    boundary = query.on_boundary(f, bary)
+    t_end = time.perf_counter()
+    return EvalResult(
+        rmse=float(np.sqrt(np.mean(d ** 2))), mean=float(d.mean()), median=float(np.median(d)),
+        p95=float(np.percentile(d, 95)), n_gt_points=int(len(crop)),
+        boundary_fraction=float(boundary.mean()), transform=icp.transform, init=init_name,
+        icp_iterations=icp.iterations, icp_converged=icp.converged, crop_radius=float(crop_radius),
+        gt_nose=gt_nose, seconds=t_end - t0,
+        timings={"crop_and_init": t_init - t0, "icp": t_icp - t_init, "distances": t_end - t_icp})
+
+
+def format_table(res: EvalResult) -> str:
+    """A small text table of the result."""
+    pitch, yaw, roll = euler_deg(res.transform.R)
+    rows = [
+        ("RMSE (scan -> pred surface)", f"{res.rmse:.4f} mm"),
+        ("mean / median / p95", f"{res.mean:.4f} / {res.median:.4f} / {res.p95:.4f} mm"),
+        ("scan points in crop", f"{res.n_gt_points} (radius {res.crop_radius:g} mm)"),
+        ("on pred boundary", f"{100 * res.boundary_fraction:.1f} %"),
+        ("initial alignment", res.init),
+        ("ICP", f"{res.icp_iterations} iterations, {'converged' if res.icp_converged else 'not converged'}"),
+        ("pred -> scan scale", f"{res.transform.s:.5f}"),
+        ("pred -> scan rotation", f"pitch {pitch:.2f}, yaw {yaw:.2f}, roll {roll:.2f} deg"),
+        ("time", f"{res.seconds:.2f} s"),
+    ]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
