@@ -173,34 +173,16 @@ def _load_ict_arrays(src: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, lis
     return neutral, identity, expression, id_names, exp_names
 
 
-def _contour_lines(mean_mm: np.ndarray, landmarks: np.ndarray, faces: np.ndarray,
-                   band_mm: float = 2.5, per_line: int = 24) -> np.ndarray:
-    """For each jawline landmark, vertices at its height on its side, from the centre outwards.
+def _contour_lines(mean_mm: np.ndarray, landmarks: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Candidate vertex lines for the view-dependent jawline search, ``(17, L)`` (-1 padded).
 
-    A view-dependent contour search picks, per line, the vertex on the projected silhouette.
-    Returns ``(17, per_line)`` vertex ids, padded with -1.
+    Built by `mvf.contour.build_contour_lines`: per jawline landmark, a dense line of vertices at
+    its height on its side, ordered from the front of the face round to the back.
     """
-    used = np.unique(faces)
-    lines = np.full((17, per_line), -1, np.int64)
-    for k in JAW_LANDMARKS:
-        lm = mean_mm[landmarks[k]]
-        side = np.sign(lm[0]) if k != 8 else 0.0
-        sel = used[np.abs(mean_mm[used, 1] - lm[1]) < band_mm]
-        if side != 0:
-            sel = sel[np.sign(mean_mm[sel, 0]) == side]
-            # from the cheek (|x| small, front) round to the back of the jaw
-            order = np.argsort(np.abs(mean_mm[sel, 0]) - 0.5 * mean_mm[sel, 2])
-            sel = sel[order]
-            sel = sel[np.abs(mean_mm[sel, 0]) >= 0.4 * abs(lm[0])]
-        else:
-            sel = sel[np.abs(mean_mm[sel, 0]) < 15.0]
-            sel = sel[np.argsort(mean_mm[sel, 0])]
-        if len(sel) > per_line:
-            sel = sel[np.linspace(0, len(sel) - 1, per_line).round().astype(int)]
-        cand = np.unique(np.concatenate([sel, [landmarks[k]]]))
-        cand = cand[np.argsort(np.abs(mean_mm[cand, 0]) - 0.5 * mean_mm[cand, 2])][:per_line]
-        lines[k, : len(cand)] = cand
-    return lines
+    from mvf.contour import build_contour_lines
+
+    lines = build_contour_lines(torch.from_numpy(mean_mm), torch.from_numpy(faces), torch.from_numpy(landmarks))
+    return lines.numpy().astype(np.int64)
 
 
 def build_ict_asset(src: Path, out: Path, region: str = "face") -> dict:
@@ -243,7 +225,7 @@ def build_ict_asset(src: Path, out: Path, region: str = "face") -> dict:
         "exp_names": np.asarray(exp_names),
     }
     digest = hashlib.sha256()
-    for key in ("mean", "id_basis", "exp_basis", "faces", "landmarks"):
+    for key in ("mean", "id_basis", "exp_basis", "faces", "landmarks", "contour_lines"):
         digest.update(np.ascontiguousarray(arrays[key]).tobytes())
     licence = (src / "LICENSE").read_text() if (src / "LICENSE").is_file() else ""
     meta = {
@@ -421,8 +403,12 @@ class FaceModel:
         if vertex_ids is not None:
             mean, eid, eexp = mean[vertex_ids], eid[:, vertex_ids], eexp[:, vertex_ids]
         k_id, k_exp = id_coeffs.shape[-1], exp_coeffs.shape[-1]
-        verts = mean + (id_coeffs @ eid[:k_id].reshape(k_id, -1)).reshape(-1, *mean.shape)
-        verts = verts + (exp_coeffs @ eexp[:k_exp].reshape(k_exp, -1)).reshape(-1, *mean.shape)
+        batch = id_coeffs.shape[0]
+        verts = mean.expand(batch, *mean.shape)
+        if k_id:
+            verts = verts + (id_coeffs @ eid[:k_id].reshape(k_id, -1)).reshape(batch, *mean.shape)
+        if k_exp:
+            verts = verts + (exp_coeffs @ eexp[:k_exp].reshape(k_exp, -1)).reshape(batch, *mean.shape)
         return verts
 
     def select(self, verts: torch.Tensor, vertex_ids: torch.Tensor | list[int]) -> torch.Tensor:

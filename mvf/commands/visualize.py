@@ -1,0 +1,177 @@
+"""`mvf visualize`: per-view picture sheets (overlay, visibility, co-visibility, warps, error)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mvf.errors import MvfError, file_error
+from mvf.views import VIEWS
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "visualize", help="picture sheets of a mesh against a view triplet",
+        description="Write one PNG sheet per view: input, mesh overlay, visibility mask, "
+                    "co-visibility with each other view, each warped I_A->B and the photometric "
+                    "error. Either --params P.json --images DIR, or --random.")
+    p.add_argument("--params", metavar="JSON",
+                   help='{"id": [...], "exp": [...], "pose": {"front": [f, pitch, yaw, roll, tx, ty], '
+                        '"left": [...], "right": [...]}} (angles in radians, tx/ty in pixels of the images)')
+    p.add_argument("--images", metavar="DIR", help="folder with front, left and right .png/.jpg")
+    p.add_argument("--random", action="store_true",
+                   help="render a random face with random colours and use its renders as the images")
+    p.add_argument("--seed", type=int, default=0, help="random seed for --random (default 0)")
+    p.add_argument("--out", metavar="DIR", required=True, help="output folder")
+    p.add_argument("--size", type=int, default=None,
+                   help="image size in pixels (square; default: the images' size, 224 for --random)")
+    p.add_argument("--model", metavar="NPZ", default=None, help="face model asset (default assets/face_model.npz)")
+    p.add_argument("--backend", choices=["auto", "fast", "pytorch3d"], default="auto", help="rasterizer")
+    p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------- params
+def _numbers(value, where: str, path: Path, length: int | None = None) -> list[float]:
+    if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                              for x in value):
+        raise file_error(path, f"'{where}' must be a list of numbers")
+    if length is not None and len(value) != length:
+        raise file_error(path, f"'{where}' must have {length} numbers, got {len(value)}")
+    if not all(math.isfinite(x) for x in value):
+        raise file_error(path, f"'{where}' has a non-finite number")
+    return [float(x) for x in value]
+
+
+def read_params(path: str | Path, n_id: int, n_exp: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read a params JSON: ``(id (k_id,), exp (k_exp,), poses (3, 6))``; `MvfError` on bad input."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise file_error(path, "params file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise file_error(path, f"cannot read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise file_error(path, f"invalid JSON at line {e.lineno}") from None
+    if not isinstance(data, dict):
+        raise file_error(path, "expected a JSON object with 'id', 'exp' and 'pose'")
+    unknown = sorted(set(data) - {"id", "exp", "pose"})
+    if unknown:
+        raise file_error(path, f"unknown key '{unknown[0]}' (known: exp, id, pose)")
+    ids = _numbers(data.get("id", []), "id", path)
+    exp = _numbers(data.get("exp", []), "exp", path)
+    if len(ids) > n_id or len(exp) > n_exp:
+        raise file_error(path, f"{len(ids)} id / {len(exp)} exp coefficients, the model has {n_id} / {n_exp}")
+    pose = data.get("pose")
+    if isinstance(pose, dict):
+        missing = [v for v in VIEWS if v not in pose]
+        if missing:
+            raise file_error(path, f"'pose' lacks view '{missing[0]}' (need {', '.join(VIEWS)})")
+        extra = sorted(set(pose) - set(VIEWS))
+        if extra:
+            raise file_error(path, f"'pose' has unknown view '{extra[0]}'")
+        rows = [_numbers(pose[v], f"pose.{v}", path, 6) for v in VIEWS]
+    elif isinstance(pose, list) and len(pose) == len(VIEWS):
+        rows = [_numbers(p, f"pose[{i}]", path, 6) for i, p in enumerate(pose)]
+    else:
+        raise file_error(path, "'pose' must map front/left/right to 6 numbers, or list 3 such lists")
+    if any(r[0] <= 0 for r in rows):
+        raise file_error(path, "pose scale f must be positive")
+    return torch.tensor(ids), torch.tensor(exp), torch.tensor(rows)
+
+
+def _load_images(folder: str | Path, size: int | None) -> tuple[torch.Tensor, float]:
+    """``(V, 3, S, S)`` float images and the factor applied to pixel coordinates."""
+    from PIL import Image
+
+    from mvf.fileio import find_view_image, read_image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise file_error(folder, "images folder not found")
+    paths = [find_view_image(folder, v) for v in VIEWS]
+    arrays = [read_image(p) for p in paths]
+    h, w = arrays[0].shape[:2]
+    for p, a in zip(paths, arrays):
+        if a.shape[:2] != (h, w):
+            raise file_error(p, f"size {a.shape[1]}x{a.shape[0]} differs from {paths[0].name} ({w}x{h})")
+    scale = 1.0
+    if size is not None and (size, size) != (h, w):
+        if h != w:
+            raise file_error(paths[0], f"--size needs square images, got {w}x{h}")
+        scale = size / w
+        arrays = [np.asarray(Image.fromarray(a).resize((size, size), Image.BILINEAR)) for a in arrays]
+    stack = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    return stack, scale
+
+
+# ----------------------------------------------------------------------------- random scene
+def random_scene(model, seed: int, size: int, backend: str = "auto"):
+    """A random face (id ~ N(0, 1), 5 expressions ~ U(0, 1)), smooth random colours, hand-set
+    poses for ``size`` px, and its renders over a grey background.
+
+    Returns ``(verts (Nv, 3), poses (3, 6), images (3, 3, S, S), params dict)``.
+    """
+    from mvf.camera import make_pose
+    from renderer.shading import render
+    from renderer.textures import smooth_random_colours
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randn(model.n_id, generator=g)
+    exp = torch.zeros(model.n_exp)
+    if model.n_exp:
+        chosen = torch.randperm(model.n_exp, generator=g)[:5]
+        exp[chosen] = torch.rand(chosen.numel(), generator=g)
+    verts = model.decode(ids[None], exp[None])[0]
+    colours = smooth_random_colours(verts, g)
+    f = 0.62 * size / 224.0
+    ty = size / 2 - 20.0 * f
+    poses = torch.stack([make_pose(f, 0, 0, 0, size / 2, ty), make_pose(f, 8, -38, 3, size / 2, ty),
+                         make_pose(f, 8, 38, -3, size / 2, ty)])
+    rgba = render(verts[None].expand(3, -1, -1), model.faces, colours[None].expand(3, -1, -1), poses,
+                  (size, size), backend=backend, background=(0.5, 0.5, 0.5))
+    images = rgba[..., :3].permute(0, 3, 1, 2).contiguous()
+    params = {"id": ids.tolist(), "exp": exp.tolist(),
+              "pose": {v: poses[i].tolist() for i, v in enumerate(VIEWS)}}
+    return verts, poses, images, params
+
+
+# ----------------------------------------------------------------------------- command
+def run(args: argparse.Namespace) -> int:
+    from mvf.facemodel import FaceModel
+    from mvf.fileio import write_image, write_json
+    from renderer.pictures import view_sheets
+
+    if args.size is not None and not 8 <= args.size <= 4096:
+        raise MvfError(f"--size {args.size}: must be between 8 and 4096")
+    out = Path(args.out)
+    model = FaceModel.load(args.model)
+    if args.random:
+        if args.params or args.images:
+            raise MvfError("--random renders its own images: drop --params and --images")
+        size = args.size or 224
+        verts, poses, images, params = random_scene(model, args.seed, size, args.backend)
+        for i, v in enumerate(VIEWS):
+            write_image(out / "images" / f"{v}.png", images[i].permute(1, 2, 0).numpy())
+        write_json(out / "params.json", params)
+    else:
+        if not args.params or not args.images:
+            raise MvfError("give --params P.json and --images DIR (or --random)")
+        ids, exp, poses = read_params(args.params, model.n_id, model.n_exp)
+        images, scale = _load_images(args.images, args.size)
+        poses[:, 0] *= scale
+        poses[:, 4:] *= scale
+        # pad to the model's sizes (shorter lists mean zeros for the remaining modes)
+        ids = torch.cat([ids, torch.zeros(model.n_id - ids.numel())])
+        exp = torch.cat([exp, torch.zeros(model.n_exp - exp.numel())])
+        verts = model.decode(ids[None], exp[None])[0]
+    sheets = view_sheets(images, verts, model.faces, poses, VIEWS, backend=args.backend)
+    for v, sheet in zip(VIEWS, sheets):
+        path = out / f"sheet_{v}.png"
+        write_image(path, sheet)
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,194 @@
+"""The on-disk synthetic dataset format (version 1): reading, writing and checking it.
+
+::
+
+    DIR/index.json            {"format_version": 1, "generator": {...}, "seed": S, "size": 224,
+                               "model": {"asset_id", "region", "n_id", "n_exp"}, "subjects": [...]}
+    DIR/<subject>/front.png   8-bit RGB, size x size (also left.png, right.png)
+    DIR/<subject>/labels.npz  see LABEL_SPEC
+    DIR/<subject>/mesh.ply    ground-truth mesh (mm) with per-vertex colours
+
+A subject is complete when all five files exist; ``labels.npz`` is always written last, each
+file atomically.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mvf.errors import MvfError, file_error
+from mvf.fileio import write_bytes, write_json
+from mvf.views import VIEWS
+
+FORMAT_VERSION = 1
+INDEX_NAME = "index.json"
+LABELS_NAME = "labels.npz"
+MESH_NAME = "mesh.ply"
+
+# key -> (dtype kind, shape with symbolic sizes: V views, K id, E exp, N vertices, H, W)
+LABEL_SPEC: dict[str, tuple[str, tuple[str | int, ...]]] = {
+    "id": ("f", ("K",)),
+    "exp": ("f", ("E",)),
+    "pose": ("f", ("V", 6)),
+    "landmarks": ("f", ("V", 68, 2)),
+    "landmark_visible": ("b", ("V", 68)),
+    "masks": ("b", ("V", "H", "W")),
+    "colours": ("f", ("N", 3)),
+}
+# Extra keys written by `mvf synth` (readers must not require them).
+EXTRA_KEYS = ("jaw_vertex_ids", "jaw_on_silhouette", "light_ambient", "light_directions", "light_colours")
+
+
+def subject_files(subject_dir: str | os.PathLike) -> list[Path]:
+    """The files that make a subject complete (labels last)."""
+    d = Path(subject_dir)
+    return [d / f"{v}.png" for v in VIEWS] + [d / MESH_NAME, d / LABELS_NAME]
+
+
+def subject_complete(subject_dir: str | os.PathLike) -> bool:
+    """True when every file of the subject exists."""
+    return all(p.is_file() for p in subject_files(subject_dir))
+
+
+def subject_name(index: int) -> str:
+    """Folder name of subject ``index``: six digits."""
+    return f"{index:06d}"
+
+
+def encode_labels(labels: dict[str, np.ndarray]) -> bytes:
+    """``labels.npz`` bytes (compressed)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **labels)
+    return buf.getvalue()
+
+
+def write_labels(path: str | os.PathLike, labels: dict[str, np.ndarray]) -> None:
+    """Write ``labels.npz`` atomically after checking it against `LABEL_SPEC`."""
+    check_labels(labels, path)
+    write_bytes(path, encode_labels(labels))
+
+
+def check_labels(labels: dict[str, Any], where: str | os.PathLike) -> None:
+    """`MvfError` naming ``where`` unless ``labels`` has every key of `LABEL_SPEC` consistently."""
+    sizes: dict[str, int] = {}
+    for key, (kind, shape) in LABEL_SPEC.items():
+        if key not in labels:
+            raise file_error(where, f"labels lack '{key}'")
+        arr = np.asarray(labels[key])
+        if (kind == "f" and arr.dtype.kind != "f") or (kind == "b" and arr.dtype != np.bool_):
+            raise file_error(where, f"labels '{key}' has dtype {arr.dtype}")
+        if arr.ndim != len(shape):
+            raise file_error(where, f"labels '{key}' has shape {arr.shape}, expected {len(shape)} dims")
+        for dim, want in zip(arr.shape, shape):
+            if isinstance(want, int):
+                ok = dim == want
+            else:
+                ok = sizes.setdefault(want, dim) == dim
+            if not ok:
+                raise file_error(where, f"labels '{key}' has shape {arr.shape}, inconsistent with the others")
+
+
+def read_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read and check a ``labels.npz``; `MvfError` naming the file on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise file_error(path, "labels file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            labels = {k: z[k] for k in z.files}
+    except Exception:
+        raise file_error(path, "not a readable labels .npz file") from None
+    check_labels(labels, path)
+    return labels
+
+
+def read_index(root: str | os.PathLike) -> dict:
+    """Read and check ``DIR/index.json``; `MvfError` naming it on any problem."""
+    path = Path(root) / INDEX_NAME
+    if not path.is_file():
+        raise file_error(path, "not a synthetic dataset (no index.json; make one with `mvf synth`)")
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise file_error(path, "not a readable JSON index") from None
+    if not isinstance(index, dict):
+        raise file_error(path, "the index must be a JSON object")
+    version = index.get("format_version")
+    if version != FORMAT_VERSION:
+        raise file_error(path, f"format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+    for key in ("generator", "seed", "size", "model", "subjects"):
+        if key not in index:
+            raise file_error(path, f"index lacks '{key}'")
+    if not isinstance(index["subjects"], list):
+        raise file_error(path, "'subjects' must be a list")
+    return index
+
+
+def write_index(root: str | os.PathLike, index: dict) -> None:
+    """Write ``DIR/index.json`` atomically."""
+    write_json(Path(root) / INDEX_NAME, index)
+
+
+def is_synth_dataset(root: str | os.PathLike) -> bool:
+    """True when ``root`` holds an ``index.json``."""
+    return (Path(root) / INDEX_NAME).is_file()
+
+
+def ply_bytes(verts: np.ndarray, faces: np.ndarray, colours: np.ndarray) -> bytes:
+    """Binary little-endian PLY: float32 xyz (mm), uchar rgb per vertex, int32 triangles."""
+    verts = np.asarray(verts, np.float32)
+    faces = np.asarray(faces, np.int32)
+    rgb = (np.clip(np.asarray(colours, np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    header = (
+        "ply\nformat binary_little_endian 1.0\ncomment mvf synthetic ground truth, mm\n"
+        f"element vertex {len(verts)}\nproperty float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\n"
+        f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n"
+    ).encode()
+    vdt = np.dtype([("p", "<f4", 3), ("c", "u1", 3)])
+    vrec = np.empty(len(verts), vdt)
+    vrec["p"], vrec["c"] = verts, rgb
+    fdt = np.dtype([("n", "u1"), ("i", "<i4", 3)])
+    frec = np.empty(len(faces), fdt)
+    frec["n"], frec["i"] = 3, faces
+    return header + vrec.tobytes() + frec.tobytes()
+
+
+def png_bytes(image: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG bytes of an ``(H, W, 3)`` uint8 image (deterministic for given pixels)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def write_subject(subject_dir: str | os.PathLike, images: np.ndarray, verts: np.ndarray,
+                  faces: np.ndarray, labels: dict[str, np.ndarray], compress_level: int = 1) -> None:
+    """Write one subject: three PNGs ``images`` ``(V, H, W, 3)`` uint8, the mesh, labels last."""
+    d = Path(subject_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    check_labels(labels, d / LABELS_NAME)
+    for view, img in zip(VIEWS, images):
+        write_bytes(d / f"{view}.png", png_bytes(img, compress_level))
+    write_bytes(d / MESH_NAME, ply_bytes(verts, faces, labels["colours"]))
+    write_bytes(d / LABELS_NAME, encode_labels(labels))
+
+
+def check_compatible(index: dict, settings: dict, where: str | os.PathLike) -> None:
+    """`MvfError` if an existing index was made with other settings than ``settings``."""
+    for key in ("generator_version", "seed", "size", "generator", "model", "jawline"):
+        if index.get(key) != settings.get(key):
+            raise MvfError(f"{where}: existing dataset was made with a different '{key}' "
+                           f"({_short(index.get(key))} vs {_short(settings.get(key))}); "
+                           "use another --out folder or delete this one")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,134 @@
+"""Picture sheets for checking geometry against images: one sheet per view.
+
+Each sheet of view ``b`` shows, left to right and top to bottom: the input image, the shaded
+mesh over it, the mesh's pixel mask, the photometric error heat map (mean over the other views
+of ``|I_{a->b} - I_b|`` on valid pixels), then for every other view ``a`` the co-visibility mask
+(pixels of ``b`` visible in ``a``) and the warped image ``I_{a->b}`` (black where invalid), then
+any extra panels the caller adds (e.g. flow fields).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from mvf.camera import project_with_depth
+from mvf.views import VIEWS
+from renderer.config import DEFAULT_VIS_TOL_MM
+from renderer.raster import fragments_from_pix_to_face
+from renderer.shading import Lights, render
+from renderer.warp import all_pairs, sample_pairs, warp_geometry
+
+Panel = tuple[str, np.ndarray]
+
+TITLE_PX = 14
+GAP_PX = 2
+HEAT_MAX = 0.25  # error (in [0, 1] image units) shown at the top of the colour scale
+
+
+def heat(values: np.ndarray, vmax: float = HEAT_MAX) -> np.ndarray:
+    """``(H, W)`` values in ``[0, vmax]`` to ``(H, W, 3)`` float RGB (black-purple-orange-yellow)."""
+    t = np.clip(np.nan_to_num(values / vmax), 0.0, 1.0)
+    stops = np.array([0.0, 0.35, 0.7, 1.0])
+    colours = np.array([[0.0, 0.0, 0.0], [0.45, 0.05, 0.55], [0.95, 0.45, 0.1], [1.0, 1.0, 0.6]])
+    return np.stack([np.interp(t, stops, colours[:, c]) for c in range(3)], -1)
+
+
+def _to_hwc(image: torch.Tensor) -> np.ndarray:
+    """``(3, H, W)`` tensor to ``(H, W, 3)`` float numpy in [0, 1]."""
+    return image.detach().permute(1, 2, 0).clamp(0, 1).cpu().numpy()
+
+
+def _mask_rgb(mask: torch.Tensor) -> np.ndarray:
+    return np.repeat(mask.detach().float().cpu().numpy()[..., None], 3, -1)
+
+
+def compose(panels: Sequence[Panel], columns: int = 4) -> np.ndarray:
+    """Tile titled panels (all ``(H, W, 3)`` float in [0, 1]) into one uint8 sheet."""
+    from PIL import Image, ImageDraw
+
+    h, w = panels[0][1].shape[:2]
+    rows = (len(panels) + columns - 1) // columns
+    cell_h, cell_w = h + TITLE_PX, w + GAP_PX
+    sheet = Image.new("RGB", (columns * cell_w - GAP_PX, rows * (cell_h + GAP_PX) - GAP_PX), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    for i, (title, image) in enumerate(panels):
+        r, c = divmod(i, columns)
+        x, y = c * cell_w, r * (cell_h + GAP_PX)
+        pixels = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        sheet.paste(Image.fromarray(pixels), (x, y + TITLE_PX))
+        draw.text((x + 2, y + 1), title, fill=(235, 235, 235))
+    return np.asarray(sheet)
+
+
+@torch.no_grad()
+def view_panels(
+    images: torch.Tensor, verts: torch.Tensor, faces: torch.Tensor, poses: torch.Tensor,
+    view_names: Sequence[str] = VIEWS, lights: Lights | None = None, backend: str = "auto",
+    tol_mm: float = DEFAULT_VIS_TOL_MM,
+) -> list[list[Panel]]:
+    """The titled panels of every view's sheet (see the module docstring).
+
+    Args:
+        images: ``(V, 3, H, W)`` float in [0, 1], one subject's views.
+        verts: ``(Nv, 3)`` model-space mm. faces: ``(F, 3)``. poses: ``(V, 6)``.
+        view_names: names used in the titles.
+    Returns:
+        For each view, a list of ``(title, (H, W, 3) float image)``.
+    """
+    v, _, h, w = images.shape
+    names = list(view_names)[:v] + [f"view{i}" for i in range(len(view_names), v)]
+    pairs = all_pairs(v)
+    geometry = warp_geometry(verts[None], faces, poses[None], (h, w), pairs, backend=backend, tol_mm=tol_mm)
+    warped, valid = sample_pairs(images[None], geometry)
+    verts_v = verts[None].expand(v, -1, -1)
+    proj = project_with_depth(verts_v, poses)
+    fragments = fragments_from_pix_to_face(geometry.pix_to_face, proj, faces.to(verts.device).long())
+    grey = torch.full_like(verts_v, 0.75)
+    shaded = render(verts_v, faces, grey, poses, (h, w), lights=lights, fragments=fragments)
+    sheets = []
+    for b in range(v):
+        img = images[b]
+        alpha = shaded[b, ..., 3:].permute(2, 0, 1)
+        overlay = img * (1 - 0.6 * alpha) + 0.6 * alpha * shaded[b, ..., :3].permute(2, 0, 1)
+        into_b = [p for p, (_, pb) in enumerate(pairs) if pb == b]
+        err_sum = torch.zeros(h, w, device=images.device)
+        err_n = torch.zeros(h, w, device=images.device)
+        for p in into_b:
+            m = valid[0, p, 0]
+            err_sum += (warped[0, p] - img).abs().mean(0) * m
+            err_n += m
+        err = torch.where(err_n > 0, err_sum / err_n.clamp_min(1), torch.zeros_like(err_sum))
+        has = err_n > 0
+        mae = float(err[has].mean()) * 255.0 if bool(has.any()) else float("nan")
+        err_img = heat(err.cpu().numpy()) * has.cpu().numpy()[..., None]
+        panels: list[Panel] = [
+            (f"{names[b]}: input", _to_hwc(img)),
+            ("mesh overlay", _to_hwc(overlay)),
+            ("visibility mask", _mask_rgb(geometry.covered[0, b])),
+            (f"photometric err {mae:.1f}/255", err_img),
+        ]
+        for p in into_b:
+            panels.append((f"co-visible in {names[pairs[p][0]]}", _mask_rgb(geometry.valid[0, p])))
+        for p in into_b:
+            panels.append((f"{names[pairs[p][0]]} -> {names[b]}", _to_hwc(warped[0, p])))
+        sheets.append(panels)
+    return sheets
+
+
+def view_sheets(
+    images: torch.Tensor, verts: torch.Tensor, faces: torch.Tensor, poses: torch.Tensor,
+    view_names: Sequence[str] = VIEWS, lights: Lights | None = None, backend: str = "auto",
+    tol_mm: float = DEFAULT_VIS_TOL_MM, extra_panels: Sequence[Sequence[Panel]] | None = None,
+    columns: int = 4,
+) -> list[np.ndarray]:
+    """One uint8 ``(rows, cols, 3)`` sheet per view (see the module docstring).
+
+    Args as `view_panels`; ``extra_panels[b]`` are ``(title, (H, W, 3) float)`` panels appended
+    to view ``b``'s sheet. Write the sheets with `mvf.fileio.write_image`.
+    """
+    sheets = view_panels(images, verts, faces, poses, view_names, lights, backend, tol_mm)
+    if extra_panels is not None:
+        sheets = [list(s) + list(extra) for s, extra in zip(sheets, extra_panels)]
+    return [compose(s, columns) for s in sheets]
