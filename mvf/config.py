@@ -78,6 +78,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise MvfError(f"config key '{where}': {value!r} is not one of {list(args)}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise MvfError(f"config key '{where}': expected a number, got {value!r}")
         return float(value)

@@ -1,0 +1,141 @@
+"""Image encoders: ``(N, 3, H, W)`` images in [0, 1] -> ``(N, C, h, w)`` feature maps.
+
+* ``vgg``: the paper's VGG-16-style stack (13 conv 3x3 + BatchNorm + ReLU, 5 max-pools), for
+  224 px on a GPU; 512 channels at stride 32.
+* ``resnet18``: torchvision's ResNet-18 trunk (no pooling/fc); 512 channels at stride 32.
+* ``mobilenet_v3_small``: torchvision's MobileNetV3-Small features; 576 channels at stride 32.
+
+All are built with random weights. ``pretrained`` names a local state-dict file (a torchvision
+checkpoint of that architecture, or a backbone saved by mvf); classifier keys are ignored.
+Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mvf.errors import MvfError, file_error
+
+# ImageNet statistics, so torchvision-pretrained weights see the inputs they were trained on.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+VGG_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class Backbone(nn.Module):
+    """Normalises [0, 1] images and runs a conv trunk. ``out_channels`` is the map depth."""
+
+    def __init__(self, trunk: nn.Module, out_channels: int):
+        super().__init__()
+        self.trunk = trunk
+        self.out_channels = out_channels
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` in [0, 1] -> ``(N, C, H/32, W/32)``."""
+        return self.trunk((images - self.mean) / self.std)
+
+
+def _vgg_trunk() -> nn.Module:
+    layers: list[nn.Module] = []
+    cin = 3
+    for item in VGG_LAYERS:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(cin, item, 3, padding=1), nn.BatchNorm2d(item),
+                       nn.ReLU(inplace=True)]
+            cin = item
+    # same layout and key names as torchvision's vgg16_bn ``features``, so its weights load
+    return _Features(nn.Sequential(*layers))
+
+
+def _resnet18_trunk() -> nn.Module:
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    net.fc = nn.Identity()
+    net.avgpool = nn.Identity()
+    # keep the standard module names (conv1, layer1, ...) so torchvision state dicts load
+    return _ResNetTrunk(net)
+
+
+class _ResNetTrunk(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, name, getattr(net, name))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def _mobilenet_trunk() -> nn.Module:
+    import torchvision
+
+    net = torchvision.models.mobilenet_v3_small(weights=None)
+    return _Features(net.features)
+
+
+class _Features(nn.Module):
+    def __init__(self, features: nn.Module):
+        super().__init__()
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+_BUILDERS = {
+    "vgg": (_vgg_trunk, 512),
+    "resnet18": (_resnet18_trunk, 512),
+    "mobilenet_v3_small": (_mobilenet_trunk, 576),
+}
+# key prefixes of torchvision classifier heads, ignored when loading a full checkpoint
+_HEAD_PREFIXES = ("fc.", "classifier.", "avgpool.")
+
+
+def build_backbone(name: str, pretrained: str | Path | None = None) -> Backbone:
+    """Build backbone ``name``; load ``pretrained`` (a local state dict) when given."""
+    if name not in _BUILDERS:
+        raise MvfError(f"backbone '{name}': unknown (choose from {', '.join(_BUILDERS)})")
+    make, channels = _BUILDERS[name]
+    backbone = Backbone(make(), channels)
+    if pretrained:
+        load_pretrained(backbone, name, Path(pretrained))
+    return backbone
+
+
+def load_pretrained(backbone: Backbone, name: str, path: Path) -> None:
+    """Load a local state dict into ``backbone.trunk``; `MvfError` if missing or mismatched."""
+    if not path.is_file():
+        raise file_error(path, f"pretrained weights for '{name}' not found (nothing is downloaded)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise file_error(path, "not a readable PyTorch state dict") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise file_error(path, "not a state dict of tensors")
+    for prefix in ("module.", "trunk.", "backbone.trunk."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
+    target = backbone.trunk.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    if missing or unexpected:
+        what = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
+        raise file_error(path, f"does not match the '{name}' backbone ({what}, "
+                               f"{len(missing)} missing / {len(unexpected)} unexpected keys)")
+    bad = [k for k in target if target[k].shape != state[k].shape]
+    if bad:
+        raise file_error(path, f"does not match the '{name}' backbone (shape of '{bad[0]}': "
+                               f"{tuple(state[bad[0]].shape)} vs {tuple(target[bad[0]].shape)})")
+    backbone.trunk.load_state_dict(state)

@@ -1,0 +1,208 @@
+"""MVF-Net: a shared backbone per view, a 3DMM head on fused features, a shared pose head.
+
+``images (B, V, 3, H, W)`` in [0, 1] -> ``{"id": (B, n_id), "exp": (B, n_exp), "pose": (B, V, 6)}``.
+
+* Every view goes through the same backbone (shared weights). Its feature map becomes a view
+  feature: global average pooling plus a small flattened spatial branch (1x1 conv, so the
+  feature still knows *where* the face is, which tx, ty and f need) and a linear layer + ReLU.
+* Fusion of the view features for the 3DMM head: ``concat`` (the paper's; exactly the views
+  front, left, right in that order), ``mean`` or ``attention`` (softmax-weighted sum, any
+  number of views including one).
+* 3DMM head: MLP -> ``id`` (unit N(0, 1) prior per mode) and ``exp``. ``exp`` is linear, not
+  squashed: a zero output is the neutral face, and the coefficient prior keeps it near [0, 1].
+* Pose head (shared across views, on each view's own feature): ``pose = mean + scale * raw``
+  with the constants of `PoseNorm`, so a zero raw output is the frontal mean face, its
+  landmark box centred in the image and filling `FACE_FILL` of it (as the synthetic framing).
+
+The last layer of both heads starts at zero, so an untrained network predicts exactly that
+mean face, frontal and centred.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mvf.backbones import build_backbone
+from mvf.errors import MvfError
+from mvf.facemodel import FaceModel
+from mvf.train.config import ModelConfig
+from mvf.views import VIEWS
+
+FACE_FILL = 0.6  # zero pose output: the mean face's 68-landmark box side is 60% of the image
+VIEW_FEATURES = 512  # width of a view feature
+
+
+@dataclass(frozen=True)
+class PoseNorm:
+    """``pose = mean + scale * raw`` per entry (f px/mm, alpha, beta, gamma rad, tx, ty px).
+
+    The framing matches the synthetic data (`mvf.data.synth`): a view is framed by the square
+    box around its 68 projected landmarks. For an ``S`` px image and the mean face's frontal
+    landmark box of side ``L`` mm (its larger extent) centred on ``(c_x, c_y)`` mm:
+
+    ======  =======================  =======================================================
+    entry   mean                     scale
+    ======  =======================  =======================================================
+    f       f0 = FACE_FILL * S / L   0.25 f0 (box fills 45-75% of the image: raw -1..1)
+    alpha   0                        0.25 rad (~14 deg)
+    beta    0                        0.6 rad (~34 deg; side views sit near raw +-1)
+    gamma   0                        0.2 rad (~11 deg)
+    tx      S / 2 - f0 * c_x         0.1 S
+    ty      S / 2 + f0 * c_y         0.1 S
+    ======  =======================  =======================================================
+
+    So a zero raw output is the frontal mean face with its landmark box centred in the image,
+    filling `FACE_FILL` of it.
+    """
+
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+
+    @classmethod
+    def for_box(cls, image_size: int, side_mm: float, centre_mm: tuple[float, float]) -> "PoseNorm":
+        s = float(image_size)
+        f0 = FACE_FILL * s / side_mm
+        return cls(mean=(f0, 0.0, 0.0, 0.0, s / 2.0 - f0 * centre_mm[0], s / 2.0 + f0 * centre_mm[1]),
+                   scale=(0.25 * f0, 0.25, 0.6, 0.2, 0.1 * s, 0.1 * s))
+
+    @classmethod
+    def for_landmarks(cls, image_size: int, landmarks_mm: torch.Tensor) -> "PoseNorm":
+        """From the mean face's 68 landmarks ``(68, 3)`` mm (frontal view: x, y extents)."""
+        lo, hi = landmarks_mm[:, :2].min(0).values, landmarks_mm[:, :2].max(0).values
+        centre = 0.5 * (lo + hi)
+        return cls.for_box(image_size, float((hi - lo).max()), (float(centre[0]), float(centre[1])))
+
+    def tensors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device)
+        scale = torch.tensor(self.scale, dtype=like.dtype, device=like.device)
+        return mean, scale
+
+    def decode(self, raw: torch.Tensor) -> torch.Tensor:
+        """``(..., 6)`` raw -> pose."""
+        mean, scale = self.tensors(raw)
+        return mean + scale * raw
+
+    def encode(self, pose: torch.Tensor) -> torch.Tensor:
+        """``(..., 6)`` pose -> raw (the inverse of `decode`)."""
+        mean, scale = self.tensors(pose)
+        return (pose - mean) / scale
+
+
+class ViewEncoder(nn.Module):
+    """Backbone + pooling: ``(N, 3, S, S)`` -> ``(N, VIEW_FEATURES)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.backbone = build_backbone(cfg.backbone, cfg.pretrained)
+        c = self.backbone.out_channels
+        side = _map_side(cfg.backbone, cfg.image_size)
+        self.spatial = nn.Sequential(nn.Conv2d(c, cfg.spatial, 1), nn.ReLU(inplace=True)) if cfg.spatial else None
+        n_in = c + (cfg.spatial * side * side if cfg.spatial else 0)
+        self.proj = nn.Sequential(nn.Linear(n_in, VIEW_FEATURES), nn.ReLU(inplace=True))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        fmap = self.backbone(images)
+        parts = [fmap.mean((2, 3))]
+        if self.spatial is not None:
+            parts.append(self.spatial(fmap).flatten(1))
+        return self.proj(torch.cat(parts, 1))
+
+
+def _map_side(backbone: str, image_size: int) -> int:
+    """Side of the backbone's output map for an ``image_size`` input (all trunks are stride 32)."""
+    if backbone == "vgg":  # five 2x2 max-pools, floor each time
+        side = image_size
+        for _ in range(5):
+            side //= 2
+        return side
+    side = image_size  # stride-2 convs/pools with padding: ceil at each of the five halvings
+    for _ in range(5):
+        side = (side + 1) // 2
+    return side
+
+
+class Fusion(nn.Module):
+    """``(B, V, F)`` view features -> ``(B, F_out)``."""
+
+    def __init__(self, kind: str, n_features: int):
+        super().__init__()
+        self.kind = kind
+        if kind == "concat":
+            self.out_features = n_features * len(VIEWS)
+        elif kind in ("mean", "attention"):
+            self.out_features = n_features
+        else:
+            raise MvfError(f"fusion '{kind}': unknown (choose from concat, mean, attention)")
+        if kind == "attention":
+            self.score = nn.Sequential(nn.Linear(n_features, 128), nn.Tanh(), nn.Linear(128, 1))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.kind == "concat":
+            return feats.flatten(1)
+        if self.kind == "mean":
+            return feats.mean(1)
+        weights = torch.softmax(self.score(feats).squeeze(-1), dim=1)  # (B, V)
+        return (weights.unsqueeze(-1) * feats).sum(1)
+
+
+def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    last = nn.Linear(hidden, n_out)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), last)
+
+
+class MVFNet(nn.Module):
+    """The multi-view regressor. ``pose_norm`` fixes the pose output normalisation."""
+
+    def __init__(self, cfg: ModelConfig, pose_norm: PoseNorm):
+        super().__init__()
+        self.cfg = cfg
+        self.pose_norm = pose_norm
+        self.encoder = ViewEncoder(cfg)
+        self.fusion = Fusion(cfg.fusion, VIEW_FEATURES)
+        self.head_3dmm = _mlp(self.fusion.out_features, cfg.hidden, cfg.n_id + cfg.n_exp)
+        self.head_pose = _mlp(VIEW_FEATURES, 256, 6)
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        return tuple(self.cfg.views)
+
+    def check_views(self, views: tuple[str, ...] | list[str] | None, n_views: int) -> None:
+        """`MvfError` unless ``n_views`` images (named ``views``) suit this network's fusion."""
+        if views is not None and len(views) != n_views:
+            raise MvfError(f"{n_views} images for {len(views)} view names")
+        if self.cfg.fusion == "concat":
+            if n_views != len(VIEWS) or (views is not None and tuple(views) != VIEWS):
+                got = ", ".join(views) if views is not None else f"{n_views} views"
+                raise MvfError(f"concat fusion needs exactly the views {', '.join(VIEWS)} in that "
+                               f"order (got {got})")
+        elif n_views < 1:
+            raise MvfError("need at least one view")
+
+    def forward(self, images: torch.Tensor, views: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """``images (B, V, 3, S, S)`` in [0, 1] -> id ``(B, n_id)``, exp ``(B, n_exp)``, pose ``(B, V, 6)``."""
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise MvfError(f"images must be (B, V, 3, H, W), got {tuple(images.shape)}")
+        b, v, _, h, w = images.shape
+        s = self.cfg.image_size
+        if (h, w) != (s, s):
+            raise MvfError(f"images are {w}x{h} px but this network takes {s}x{s}")
+        self.check_views(views, v)
+        feats = self.encoder(images.reshape(b * v, 3, h, w)).reshape(b, v, -1)
+        coeffs = self.head_3dmm(self.fusion(feats))
+        raw_pose = self.head_pose(feats)
+        return self.decode(coeffs, raw_pose)
+
+    def decode(self, coeffs: torch.Tensor, raw_pose: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw head outputs ``(B, n_id + n_exp)``, ``(B, V, 6)`` -> the output dict."""
+        n_id = self.cfg.n_id
+        return {"id": coeffs[:, :n_id], "exp": coeffs[:, n_id:], "pose": self.pose_norm.decode(raw_pose)}
+
+
+def build_network(cfg: ModelConfig, face: FaceModel) -> MVFNet:
+    """The network for ``cfg``, with the pose normalisation of the face model's mean face."""
+    landmarks = face.landmarks_3d(face.mean[None])[0].cpu()
+    return MVFNet(cfg, PoseNorm.for_landmarks(cfg.image_size, landmarks))

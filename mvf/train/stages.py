@@ -1,0 +1,147 @@
+"""Stage kinds: what a training stage reads and how it turns a batch into a loss.
+
+A stage (`mvf.train.config.StageConfig`) names its kind; `STAGE_KINDS` maps the kind to a
+`StageKind`: the loss weights it uses, a dataset builder and a ``compute_loss`` function.
+Adding a kind (issue 6: ``self_supervised``) means writing those two functions and adding one
+entry to `STAGE_KINDS` (plus its weights to `LossWeights`); the loop needs no change.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from mvf.errors import MvfError, file_error
+from mvf.facemodel import FaceModel
+from mvf.losses import (LandmarkProjector, coefficient_prior, landmark_loss, param_loss,
+                        pose_loss, vertex_loss)
+from mvf.net import PoseNorm
+from mvf.train import selfsup_stage
+from mvf.train.config import LossWeights, ModelConfig, StageConfig
+
+
+@dataclass
+class LossContext:
+    """What every loss function may need, built once per run on the training device.
+
+    ``extras`` holds per-kind state a stage kind caches for itself (e.g. a renderer).
+    """
+
+    face: FaceModel
+    projector: LandmarkProjector
+    pose_norm: PoseNorm
+    region: torch.Tensor  # face-region vertex ids (M,)
+    model_cfg: ModelConfig
+    device: torch.device
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataRequest:
+    """What a stage's dataset builder gets: the stage, the model's views/size and held-out subjects."""
+
+    stage: StageConfig
+    model_cfg: ModelConfig
+    exclude: dict[str, set[str]]  # resolved dataset root -> subjects reserved for validation
+    seed: int = 0  # augmentation seed for the dataset (draws also depend on epoch and index)
+
+
+LossFn = Callable[[LossContext, torch.nn.Module, dict, LossWeights, StageConfig],
+                  tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """A kind of stage.
+
+    ``compute_loss(ctx, model, batch, weights, stage)`` runs the forward pass on a batch already
+    on the device and returns ``(total, terms)``: the weighted scalar to minimise and each
+    unweighted term (for the logs; keys are `LossWeights` field names).
+    """
+
+    loss_terms: tuple[str, ...]
+    make_dataset: Callable[[DataRequest], Dataset]
+    compute_loss: LossFn
+
+
+# ----------------------------------------------------------------------------- data helpers
+def dataset_subjects(root: str | Path) -> list[str]:
+    """Subject ids listed in a synthetic dataset's ``index.json``; `MvfError` if there is none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise file_error(root, "data folder not found (make one with `mvf synth --out DIR`)")
+    index = root / "index.json"
+    if not index.is_file():
+        raise file_error(root, "not a synthetic dataset (no index.json; make one with `mvf synth --out DIR`)")
+    try:
+        subjects = json.loads(index.read_text())["subjects"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise file_error(index, "unreadable dataset index (expected JSON with a 'subjects' list)") from None
+    if not subjects:
+        raise file_error(index, "the dataset has no subjects")
+    return [str(s) for s in subjects]
+
+
+def resolved(root: str | Path) -> str:
+    return str(Path(root).resolve())
+
+
+# ----------------------------------------------------------------------------- supervised
+def supervised_dataset(req: DataRequest) -> Dataset:
+    """Labelled synthetic triplets of the stage's root, minus the validation subjects."""
+    from mvf.data import SynthDataset
+
+    d = req.stage.data
+    subjects = dataset_subjects(d.root)
+    held = req.exclude.get(resolved(d.root), set())
+    subjects = [s for s in subjects if s not in held]
+    if d.max_subjects is not None:
+        subjects = subjects[: d.max_subjects]
+    if not subjects:
+        raise MvfError(f"{d.root}: no training subjects left after holding out the validation split")
+    return SynthDataset(d.root, subjects=subjects, augment=d.augment, views=tuple(req.model_cfg.views),
+                        size=req.model_cfg.image_size, seed=req.seed)
+
+
+def supervised_terms(ctx: LossContext, out: dict, batch: dict) -> dict[str, torch.Tensor]:
+    """Unweighted supervised terms for network outputs ``out`` against a labelled ``batch``.
+
+    ``landmark`` px, ``pose`` normalised squared, ``params`` squared coefficients, ``vertex`` mm
+    (face region), ``prior`` (see `mvf.losses`).
+    """
+    verts = ctx.face.decode(out["id"], out["exp"])
+    gt_verts = ctx.face.decode(batch["id"], batch["exp"])
+    lm = ctx.projector(verts, out["pose"])
+    _, scale = ctx.pose_norm.tensors(out["pose"])
+    return {
+        "landmark": landmark_loss(lm, batch["landmarks"], batch["landmark_visible"]),
+        "pose": pose_loss(out["pose"], batch["pose"], scale),
+        "params": param_loss(out["id"], out["exp"], batch["id"], batch["exp"]),
+        "vertex": vertex_loss(verts, gt_verts, ctx.region),
+        "prior": coefficient_prior(out["id"], out["exp"]),
+    }
+
+
+def supervised_loss(ctx: LossContext, model: torch.nn.Module, batch: dict, weights: LossWeights,
+                    stage: StageConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    out = model(batch["images"])
+    terms = supervised_terms(ctx, out, batch)
+    total = sum(getattr(weights, k) * v for k, v in terms.items())
+    return total, terms
+
+
+SUPERVISED = StageKind(
+    loss_terms=("landmark", "pose", "params", "vertex", "prior"),
+    make_dataset=supervised_dataset,
+    compute_loss=supervised_loss,
+)
+
+STAGE_KINDS: dict[str, StageKind] = {
+    "supervised": SUPERVISED,
+    "self_supervised": StageKind(selfsup_stage.LOSS_TERMS, selfsup_stage.selfsup_dataset,
+                                 selfsup_stage.selfsup_loss),
+}

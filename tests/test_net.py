@@ -1,0 +1,165 @@
+"""MVF-Net network: shapes, fusion rules, the zero-output face, shared heads, local weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mvf.backbones import build_backbone
+from mvf.camera import euler_to_matrix, project
+from mvf.errors import MvfError
+from mvf.facemodel import FaceModel
+from mvf.net import FACE_FILL, PoseNorm, build_network
+from mvf.train.config import ModelConfig
+
+
+@pytest.fixture(scope="module")
+def face() -> FaceModel:
+    return FaceModel.load()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one thread is faster than two on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _net(face, **kw):
+    torch.manual_seed(0)
+    return build_network(ModelConfig(**kw), face).eval()
+
+
+@pytest.mark.parametrize("backbone,size", [("vgg", 64), ("resnet18", 64), ("mobilenet_v3_small", 72)])
+@pytest.mark.parametrize("fusion", ["concat", "mean", "attention"])
+def test_output_shapes(face, backbone, size, fusion):
+    net = _net(face, backbone=backbone, image_size=size, fusion=fusion, n_id=60, n_exp=20, hidden=64)
+    counts = [3] if fusion == "concat" else [1, 3, 5]
+    with torch.no_grad():
+        for v in counts:
+            out = net(torch.rand(2, v, 3, size, size))
+            assert out["id"].shape == (2, 60)
+            assert out["exp"].shape == (2, 20)
+            assert out["pose"].shape == (2, v, 6)
+            assert all(torch.isfinite(t).all() for t in out.values())
+
+
+@pytest.mark.parametrize("n_views", [1, 2, 4])
+def test_concat_rejects_other_view_counts(face, n_views):
+    net = _net(face, image_size=64, fusion="concat", hidden=32)
+    with pytest.raises(MvfError, match="concat"):
+        net(torch.rand(1, n_views, 3, 64, 64))
+
+
+def test_concat_rejects_wrong_view_order(face):
+    net = _net(face, image_size=64, fusion="concat", hidden=32)
+    with pytest.raises(MvfError, match="front, left, right"):
+        net(torch.rand(1, 3, 3, 64, 64), views=("left", "front", "right"))
+
+
+def test_wrong_image_size_is_an_error(face):
+    net = _net(face, image_size=64, fusion="mean", hidden=32)
+    with pytest.raises(MvfError, match="64x64"):
+        net(torch.rand(1, 1, 3, 80, 80))
+
+
+@pytest.mark.parametrize("size", [64, 224])
+def test_zero_output_is_the_mean_face_frontal_and_centred(face, size):
+    """Zero raw outputs: mean face, identity rotation, its 68-landmark box centred in the image
+    with side FACE_FILL * size (the synthetic data's framing)."""
+    net = _net(face, image_size=size, fusion="mean", hidden=32)
+    out = net.decode(torch.zeros(1, net.cfg.n_id + net.cfg.n_exp), torch.zeros(1, 2, 6))
+    assert torch.equal(out["id"], torch.zeros(1, 100)) and torch.equal(out["exp"], torch.zeros(1, 53))
+    verts = face.decode(out["id"], out["exp"])
+    assert torch.allclose(verts[0], face.mean)
+    pose = out["pose"]
+    assert torch.allclose(euler_to_matrix(pose[..., 1:4]), torch.eye(3).expand(1, 2, 3, 3))  # frontal
+    uv = project(face.landmarks_3d(verts)[:, None], pose)[0, 0]  # (68, 2)
+    lo, hi = uv.min(0).values, uv.max(0).values
+    assert torch.allclose(0.5 * (lo + hi), torch.tensor([size / 2, size / 2]), atol=1e-3 * size)
+    assert float((hi - lo).max()) / size == pytest.approx(FACE_FILL, abs=1e-4)  # plausibly sized
+
+
+def test_fresh_network_predicts_the_zero_output(face):
+    """The heads' last layers start at zero: any image gives the mean face, frontal, centred."""
+    net = _net(face, image_size=64, fusion="attention", hidden=32)
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, 3, 64, 64))
+    assert torch.equal(out["id"], torch.zeros(2, 100))
+    expected = torch.tensor(net.pose_norm.mean).expand(2, 3, 6)
+    assert torch.allclose(out["pose"], expected)
+
+
+def test_pose_norm_round_trip_and_documented_constants(face):
+    lm = face.landmarks_3d(face.mean[None])[0]
+    norm = PoseNorm.for_landmarks(128, lm)
+    side = float((lm[:, :2].max(0).values - lm[:, :2].min(0).values).max())
+    f0 = FACE_FILL * 128 / side
+    assert norm.mean[0] == pytest.approx(f0) and norm.scale[0] == pytest.approx(0.25 * f0)
+    assert norm.mean[4] == pytest.approx(64.0, abs=1e-3) and norm.scale[4] == pytest.approx(12.8)
+    raw = torch.randn(4, 3, 6)
+    assert torch.allclose(norm.encode(norm.decode(raw)), raw, atol=1e-5)
+
+
+@pytest.mark.parametrize("fusion", ["mean", "attention"])
+def test_views_share_weights_and_fusion_is_order_free(face, fusion):
+    """Swapping two views swaps their poses and leaves id/exp unchanged (shared backbone + pose head)."""
+    net = _net(face, image_size=64, fusion=fusion, hidden=32)
+    torch.manual_seed(1)
+    for p in net.parameters():  # move off the zero init so outputs depend on the images
+        p.data.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(2, 3, 3, 64, 64)
+    with torch.no_grad():
+        a = net(x)
+        b = net(x[:, [2, 0, 1]])
+    assert torch.allclose(a["pose"][:, [2, 0, 1]], b["pose"], atol=1e-4)
+    assert torch.allclose(a["id"], b["id"], atol=1e-4)
+    assert not torch.allclose(a["pose"][:, 0], a["pose"][:, 1])
+
+
+def test_concat_depends_on_view_order(face):
+    net = _net(face, image_size=64, fusion="concat", hidden=32)
+    torch.manual_seed(1)
+    for p in net.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(1, 3, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(net(x)["id"], net(x[:, [0, 2, 1]])["id"])
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_pretrained_weights_load_from_a_local_file(tmp_path, name):
+    import torchvision
+
+    torch.manual_seed(3)
+    ref = getattr(torchvision.models, name)(weights=None)  # a torchvision-format checkpoint
+    path = tmp_path / "w.pth"
+    torch.save(ref.state_dict(), path)
+    bb = build_backbone(name, path)
+    ref_state = ref.state_dict()
+    for k, v in bb.trunk.state_dict().items():
+        assert torch.equal(v, ref_state[k])
+
+
+def test_pretrained_errors(tmp_path):
+    with pytest.raises(MvfError, match="not found"):
+        build_backbone("resnet18", tmp_path / "missing.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(MvfError, match="not a readable"):
+        build_backbone("resnet18", bad)
+    other = tmp_path / "mobilenet.pth"
+    torch.save(build_backbone("mobilenet_v3_small").trunk.state_dict(), other)
+    with pytest.raises(MvfError, match="does not match the 'resnet18' backbone"):
+        build_backbone("resnet18", other)
+
+
+def test_vgg_loads_torchvision_vgg16_bn_features(tmp_path):
+    import torchvision
+
+    ref = torchvision.models.vgg16_bn(weights=None)
+    path = tmp_path / "vgg.pth"
+    torch.save(ref.state_dict(), path)
+    bb = build_backbone("vgg", path)
+    assert torch.equal(bb.trunk.features[0].weight, ref.features[0].weight)

@@ -1,0 +1,187 @@
+"""`mvf reconstruct` end to end on synthetic triplets, and its error cases."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import smoke_args
+from mvf.cli import main
+from mvf.errors import MvfError
+from mvf.facemodel import FaceModel
+from mvf.fileio import read_image
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def mean_checkpoint(tiny_synth, tmp_path_factory):
+    """A front-only mean-fusion model (2 steps): any number of views is allowed."""
+    out = tmp_path_factory.mktemp("mean_run") / "run"
+    assert main(smoke_args(tiny_synth, out, "--steps", "2", "--set", "model.fusion=mean",
+                           "--set", "model.views=[front]")) == 0
+    return out / "last.pt"
+
+
+def test_reconstruct_end_to_end(tiny_synth, smoke_checkpoint, tmp_path):
+    from mvf.meshio import load_mesh
+    from mvf.params import load_params
+    from mvf.reconstruct import load_model
+
+    subject = tiny_synth / "000001"
+    out = tmp_path / "rec"
+    assert main(["reconstruct", "--checkpoint", str(smoke_checkpoint), "--images", str(subject),
+                 "--out", str(out)]) == 0
+    face = FaceModel.load()
+    params = load_params(out / "params.json", face)
+    assert set(params.pose) == {"front", "left", "right"} and params.id.shape == (100,)
+    # the files agree with each other and with a direct forward pass of the network
+    verts = params.decode(face).numpy()
+    for name in ("mesh.obj", "mesh.ply"):
+        mesh = load_mesh(out / name)
+        assert mesh.verts.shape == (face.n_verts, 3) and np.array_equal(mesh.faces, face.faces.numpy())
+        assert np.allclose(mesh.verts, verts, atol=1e-3)
+    model = load_model(smoke_checkpoint)
+    images = torch.stack([torch.from_numpy(read_image(subject / f"{v}.png")) for v in ("front", "left", "right")])
+    with torch.no_grad():
+        ref = model.net(images.permute(0, 3, 1, 2).float().div(255.0)[None])
+    assert np.allclose(params.id, ref["id"][0].numpy(), atol=1e-5)
+    assert np.allclose(params.poses(), ref["pose"][0].numpy(), atol=1e-4)
+    # overlays: input-sized, the input outside the mesh, changed where the mesh is drawn
+    for view in ("front", "left", "right"):
+        over = read_image(out / f"{view}_overlay.png")
+        src = read_image(subject / f"{view}.png")
+        assert over.shape == src.shape
+        changed = np.abs(over.astype(int) - src.astype(int)).sum(-1) > 6
+        assert 0.05 < changed.mean() < 0.95
+
+
+def test_poses_follow_the_input_image_size(smoke_checkpoint, tiny_synth, tmp_path):
+    """Inputs at twice the training size: the prediction is the same face, with f, tx, ty in
+    the larger images' pixels (x2)."""
+    import torch.nn.functional as tnf
+
+    from mvf.reconstruct import load_model, reconstruct
+
+    model = load_model(smoke_checkpoint)
+    subject = tiny_synth / "000002"
+    small = {v: read_image(subject / f"{v}.png") for v in ("front", "left", "right")}
+    big = {}
+    for v, img in small.items():  # nearest-neighbour x2: shrinking back is exact
+        big[v] = tnf.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float(), scale_factor=2,
+                                 mode="nearest")[0].permute(1, 2, 0).byte().numpy()
+    a, b = reconstruct(model, small), reconstruct(model, big)
+    assert np.allclose(a.id, b.id, atol=0.05)
+    for v in a.views:
+        assert np.allclose(b.pose[v][[0, 4, 5]], 2 * a.pose[v][[0, 4, 5]], rtol=0.02, atol=0.3)
+        assert np.allclose(b.pose[v][1:4], a.pose[v][1:4], atol=0.02)
+
+
+def test_single_front_view_with_mean_fusion(mean_checkpoint, tiny_synth, tmp_path):
+    out = tmp_path / "front_only"
+    assert main(["reconstruct", "--checkpoint", str(mean_checkpoint), "--front",
+                 str(tiny_synth / "000003" / "front.png"), "--out", str(out)]) == 0
+    params = json.loads((out / "params.json").read_text())
+    assert list(params["pose"]) == ["front"]
+    assert (out / "front_overlay.png").is_file() and not (out / "left_overlay.png").exists()
+    # the same model also takes all three views
+    out3 = tmp_path / "three"
+    assert main(["reconstruct", "--checkpoint", str(mean_checkpoint), "--images",
+                 str(tiny_synth / "000003"), "--out", str(out3)]) == 0
+    assert list(json.loads((out3 / "params.json").read_text())["pose"]) == ["front", "left", "right"]
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `mvf reconstruct ARGS` in-process; return (status, stderr)."""
+    def run(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        rc = main(["reconstruct", *args])
+        return rc, capsys.readouterr().err
+
+    return run
+
+
+def _one_line(result, *needles):
+    rc, err = result
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_concat_needs_all_three_views(cli, smoke_checkpoint, tiny_synth, tmp_path):
+    subject = tiny_synth / "000001"
+    _one_line(cli("--checkpoint", str(smoke_checkpoint), "--front", str(subject / "front.png"),
+                   "--out", str(tmp_path / "o")), "missing view(s) left, right", "concat")
+    two = tmp_path / "two"
+    two.mkdir()
+    for v in ("front", "right"):
+        (two / f"{v}.png").write_bytes((subject / f"{v}.png").read_bytes())
+    _one_line(cli("--checkpoint", str(smoke_checkpoint), "--images", str(two), "--out", str(tmp_path / "o")),
+              "missing view(s) left", "got 2")
+
+
+def test_input_errors(cli, smoke_checkpoint, tiny_synth, tmp_path):
+    from mvf.reconstruct import gather_views, load_model, reconstruct
+
+    subject = tiny_synth / "000001"
+    _one_line(cli("--checkpoint", str(smoke_checkpoint), "--out", str(tmp_path / "o")), "no input images")
+    _one_line(cli("--checkpoint", str(smoke_checkpoint), "--front", str(tmp_path / "nope.png"),
+                   "--left", str(subject / "left.png"), "--right", str(subject / "right.png"),
+                   "--out", str(tmp_path / "o")), "nope.png", "not found")
+    with pytest.raises(MvfError, match="not both"):
+        gather_views(front="a.png", images_dir=str(subject))
+    model = load_model(smoke_checkpoint)
+    wide = {v: np.zeros((64, 80, 3), np.uint8) for v in ("front", "left", "right")}
+    with pytest.raises(MvfError, match="square"):
+        reconstruct(model, wide)
+
+
+def test_checkpoint_errors(cli, smoke_checkpoint, tiny_synth, tmp_path):
+    from mvf.train.checkpoint import save_checkpoint
+
+    subject = str(tiny_synth / "000001")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(smoke_checkpoint.read_bytes()[:5000])  # truncated
+    _one_line(cli("--checkpoint", str(corrupt), "--images", subject, "--out", str(tmp_path / "o")),
+              "corrupt.pt", "corrupt")
+    _one_line(cli("--checkpoint", str(tmp_path / "none.pt"), "--images", subject, "--out", str(tmp_path / "o")),
+              "none.pt", "not found")
+    # a checkpoint whose weights don't fit the network its config describes
+    ckpt = torch.load(smoke_checkpoint, weights_only=True)
+    ckpt["config"]["model"]["hidden"] = 64
+    mismatched = tmp_path / "mismatched.pt"
+    save_checkpoint(mismatched, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    _one_line(cli("--checkpoint", str(mismatched), "--images", subject, "--out", str(tmp_path / "o")),
+              "mismatched.pt", "does not match the network")
+    # not an mvf checkpoint at all
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    _one_line(cli("--checkpoint", str(foreign), "--images", subject, "--out", str(tmp_path / "o")),
+              "not an mvf checkpoint")
+
+
+def test_overlay_draws_the_mesh_where_the_pose_puts_it(tiny_synth):
+    """With the ground-truth face and pose the overlay's changed pixels match the face mask."""
+    from mvf.data import SynthDataset
+    from mvf.reconstruct import overlay
+
+    face = FaceModel.load()
+    sample = SynthDataset(tiny_synth)[0]
+    verts = face.decode(sample["id"][None], sample["exp"][None])[0].numpy()
+    img = (sample["images"][1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    out = overlay(img, verts, sample["pose"][1].numpy(), face)
+    changed = np.abs(out.astype(int) - img.astype(int)).sum(-1) > 6
+    mask = sample["masks"][1].numpy() > 0.5
+    iou = (changed & mask).sum() / (changed | mask).sum()
+    assert iou > 0.85, iou

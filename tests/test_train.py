@@ -1,0 +1,126 @@
+"""`mvf train`: the smoke config learns, checkpoints resume exactly, and bad input gives one-line
+errors. Runs on the session's tiny synthetic set (tests/conftest.py)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, smoke_args
+from mvf.cli import main
+from mvf.train.logs import read_csv
+
+
+def _losses(run) -> list[float]:
+    return [float(r["loss"]) for r in read_csv(run / "train.csv")]
+
+
+def test_labels_give_zero_loss_at_the_ground_truth(tiny_synth):
+    """The supervised terms vanish when the 'prediction' is the stored ground truth, also when
+    the dataset resizes the images (pose and landmarks scaled with them)."""
+    from mvf.data import SynthDataset
+    from mvf.facemodel import FaceModel
+    from mvf.losses import LandmarkProjector, face_region
+    from mvf.net import PoseNorm
+    from mvf.train.config import ModelConfig
+    from mvf.train.stages import LossContext, supervised_terms
+
+    face = FaceModel.load()
+    for size in (64, 48):
+        ds = SynthDataset(tiny_synth, size=size)
+        batch = {k: (torch.stack([ds[i][k] for i in range(3)]) if k != "subject" else None)
+                 for k in ("images", "id", "exp", "pose", "landmarks", "landmark_visible")}
+        ctx = LossContext(face, LandmarkProjector(face), PoseNorm.for_landmarks(size, face.landmarks_3d(face.mean[None])[0]),
+                          face_region(face, 95.0), ModelConfig(image_size=size), torch.device("cpu"))
+        out = {"id": batch["id"], "exp": batch["exp"], "pose": batch["pose"]}
+        terms = supervised_terms(ctx, out, batch)
+        assert terms["landmark"].item() < 0.01  # px
+        assert terms["pose"].item() == 0 and terms["params"].item() == 0
+        assert terms["vertex"].item() < 1e-4
+
+
+def test_smoke_training_lowers_the_loss(tiny_synth, tmp_path):
+    run = tmp_path / "run"
+    assert main(smoke_args(tiny_synth, run, "--steps", "30")) == 0
+    losses = _losses(run)
+    assert len(losses) == 15  # log_every 2
+    assert np.mean(losses[-4:]) < 0.6 * np.mean(losses[:3]), losses
+    for name in ("last.pt", "best.pt", "step-0000030.pt", "config.yaml", "val.csv"):
+        assert (run / name).is_file(), name
+    val = read_csv(run / "val.csv")
+    assert [int(r["step"]) for r in val] == [20, 30] and float(val[-1]["rmse_mm"]) > 0
+
+
+def test_resume_is_exact(tiny_synth, tmp_path):
+    """N steps straight == N/2 steps, stop, --resume, N/2 more: same losses, same weights and
+    optimiser state (with augmentation on, so its random draws must replay too)."""
+    extra = ["--set", "log_every=1", "--set", "checkpoint_every=100", "--set", "validation.every_steps=4",
+             "--set", "stages.0.data.augment={}"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(smoke_args(tiny_synth, straight, "--steps", "6", *extra)) == 0
+    assert main(smoke_args(tiny_synth, split, "--steps", "3", *extra)) == 0
+    assert main(smoke_args(tiny_synth, split, "--steps", "6", "--resume", *extra)) == 0
+    a, b = _losses(straight), _losses(split)
+    assert len(a) == 6 and a == b  # bit-identical
+    ca = torch.load(straight / "last.pt", weights_only=True)
+    cb = torch.load(split / "last.pt", weights_only=True)
+    assert ca["step"] == cb["step"] == 6
+    for k, v in ca["model"].items():
+        assert torch.equal(v, cb["model"][k]), k
+    for pid, state in ca["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg_sq"], cb["optimizer"]["state"][pid]["exp_avg_sq"])
+    val_a = read_csv(straight / "val.csv")
+    val_b = [r for r in read_csv(split / "val.csv") if r["step"] != "3"]  # + the stop's own validation
+    assert [r["step"] for r in val_a] == ["4", "6"] and val_a == val_b
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `mvf ARGS` in-process (as the console script does); return (status, stderr)."""
+    def run(args: list[str]) -> tuple[int, str]:
+        capsys.readouterr()
+        rc = main(args)
+        return rc, capsys.readouterr().err
+
+    return run
+
+
+def _one_line_error(result: tuple[int, str], *needles: str) -> None:
+    rc, err = result
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_missing_data_folder(run_cli, tmp_path):
+    missing = tmp_path / "nowhere"
+    _one_line_error(run_cli(smoke_args(missing, tmp_path / "run")), str(missing), "not found")
+
+
+def test_cli_entry_point_prints_one_line(tmp_path):
+    """The real console entry (a subprocess): exit status 2 and one line, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "mvf", *smoke_args(tmp_path / "nowhere", tmp_path / "run")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_resume_errors(run_cli, tiny_synth, smoke_checkpoint, tmp_path):
+    run = smoke_checkpoint.parent
+    # an existing run is not overwritten without --resume
+    _one_line_error(run_cli(smoke_args(tiny_synth, run)), "already holds a run")
+    # nothing to resume
+    _one_line_error(run_cli(smoke_args(tiny_synth, tmp_path / "empty", "--resume")), "last.pt", "not found")
+    # a different network
+    _one_line_error(run_cli(smoke_args(tiny_synth, run, "--resume", "--set", "model.hidden=64")),
+                    "model differs", "model.hidden")
+    # a corrupt checkpoint
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "last.pt").write_bytes(b"\x00garbage" * 100)
+    _one_line_error(run_cli(smoke_args(tiny_synth, bad, "--resume")), "corrupt")
