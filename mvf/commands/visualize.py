@@ -18,7 +18,9 @@ def add_parser(sub) -> None:
         "visualize", help="picture sheets of a mesh against a view triplet",
         description="Write one PNG sheet per view: input, mesh overlay, visibility mask, "
                     "co-visibility with each other view, each warped I_A->B and the photometric "
-                    "error. Either --params P.json --images DIR, or --random.")
+                    "error; then per view pair the eroded co-visible mask of the self-supervised "
+                    "losses, the pair's photometric error map and the estimated flow field "
+                    "F(I_B, I_A->B). Either --params P.json --images DIR, or --random.")
     p.add_argument("--params", metavar="JSON",
                    help='{"id": [...], "exp": [...], "pose": {"front": [f, pitch, yaw, roll, tx, ty], '
                         '"left": [...], "right": [...]}} (angles in radians, tx/ty in pixels of the images)')
@@ -31,6 +33,9 @@ def add_parser(sub) -> None:
                    help="image size in pixels (square; default: the images' size, 224 for --random)")
     p.add_argument("--model", metavar="NPZ", default=None, help="face model asset (default assets/face_model.npz)")
     p.add_argument("--backend", choices=["auto", "fast", "pytorch3d"], default="auto", help="rasterizer")
+    p.add_argument("--region", choices=["inner_face", "all"], default="inner_face",
+                   help="triangles of the per-pair masks, errors and flow (default inner_face, as training)")
+    p.add_argument("--no-flow", action="store_true", help="skip the flow-field panels")
     p.set_defaults(func=run)
 
 
@@ -144,7 +149,9 @@ def random_scene(model, seed: int, size: int, backend: str = "auto"):
 def run(args: argparse.Namespace) -> int:
     from mvf.facemodel import FaceModel
     from mvf.fileio import write_image, write_json
-    from renderer.pictures import view_sheets
+    from mvf.flow import build_flow
+    from mvf.selfsup import inner_face_region
+    from mvf.train.selfsup_stage import cross_view_sheets
 
     if args.size is not None and not 8 <= args.size <= 4096:
         raise MvfError(f"--size {args.size}: must be between 8 and 4096")
@@ -169,7 +176,10 @@ def run(args: argparse.Namespace) -> int:
         ids = torch.cat([ids, torch.zeros(model.n_id - ids.numel())])
         exp = torch.cat([exp, torch.zeros(model.n_exp - exp.numel())])
         verts = model.decode(ids[None], exp[None])[0]
-    sheets = view_sheets(images, verts, model.faces, poses, VIEWS, backend=args.backend)
+    region = inner_face_region(model) if args.region == "inner_face" else None
+    flow_net = None if args.no_flow else build_flow()
+    sheets = cross_view_sheets(images, verts, model.faces, poses, VIEWS, flow_net=flow_net, region=region,
+                               backend=args.backend)
     for v, sheet in zip(VIEWS, sheets):
         path = out / f"sheet_{v}.png"
         write_image(path, sheet)

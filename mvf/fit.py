@@ -1,0 +1,557 @@
+"""Test-time fitting: optimise id, exp and per-view poses against landmarks and the views' agreement.
+
+Works without a trained model: the start is the network's prediction when one is given, else
+the mean face with poses from a closed-form weak-perspective fit to the 2D landmarks
+(`init_poses_from_landmarks`). Two phases with Adam:
+
+1. landmarks (cheap, at the crop's resolution): per-view landmark reprojection with the jawline
+   from the view-dependent contour search (`mvf.contour`), plus coefficient priors. Each step
+   decodes only the ~1.6k vertices the landmarks and contour candidates need
+   (`CompactLandmarks`), so a step costs milliseconds; it stops early on a plateau;
+2. cross-view (optional, ``photo_steps > 0``): landmarks + priors + the self-supervised
+   photometric and flow-alignment losses (`mvf.selfsup`), rendered at ``photo_size`` pixels
+   (images downsampled, poses scaled) to keep it affordable on a CPU.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as tnf
+from torch import Tensor
+
+from mvf.camera import euler_to_matrix, matrix_to_euler, project
+from mvf.errors import MvfError
+from mvf.flow import FlowConfig, build_flow
+from mvf.selfsup import CrossViewConfig, cross_view_losses, inner_face_region, landmark_loss
+
+NON_JAW = tuple(range(17, 68))
+N_JAW = 17
+PAIR_SETS = ("all", "front")  # every ordered pair, or front <-> each side view only
+REGIONS = ("inner_face", "all")
+
+
+@dataclass
+class FitCrossViewConfig(CrossViewConfig):
+    """`CrossViewConfig` for fitting photos: views are colour-matched ("affine") by default, since
+    real cameras and a head turning under fixed lights change exposure between views."""
+
+    normalise: str = "affine"
+
+
+@dataclass
+class FitConfig:
+    """Test-time fitting settings (``mvf fit --config``/``--set``; weights multiply losses).
+
+    n_id: identity modes optimised (the rest stay 0).
+    landmark_steps: Levenberg-Marquardt iterations of the landmark phase (at most); it stops
+        when the objective fell by less than ``landmark_tol`` (relative) in a step.
+    lm_delta_mm: the landmark distance, in model millimetres (pixels / the initial mean f, so
+        the balance with the priors does not depend on the image size), enters as Charbonnier
+        ``sqrt(d² + δ²) - δ`` (robust: ≈ d beyond δ).
+    contour_every: cross-view steps between jawline contour searches (reused in between).
+    photo_steps, photo_lr, photo_size: the cross-view phase (0 steps skips it), rendered at
+        ``photo_size`` px (the crops are downsampled, poses scaled); ``photo_pairs`` "all"
+        (six ordered pairs) or "front" (front <-> side views only: four pairs); ``photo_region``
+        "inner_face" (`mvf.selfsup.inner_face_region`: no scalp, ears, neck, which hair and
+        clothes cover in photos) or "all" triangles.
+    w_landmark, w_jaw: landmark term (cross-view phase) and the relative weight of the jawline
+        points.
+    w_photo, w_flow: photometric (robust colour distance, [0, 1] units) and flow alignment (px).
+    w_id_prior: times mean(id²) (N(0, 1) coefficients); w_exp_prior: times mean(|exp|).
+    pose_step: scale of each pose entry's update per unit parameter (f relative to f, angles
+        radians, t pixels), so one learning rate serves all.
+    contour: jawline landmarks follow the silhouette (else fixed vertices).
+    cross_view, flow: loss and flow-estimator settings of the cross-view phase.
+    """
+
+    n_id: int = 60
+    landmark_steps: int = 40
+    landmark_tol: float = 1e-5
+    lm_delta_mm: float = 0.5
+    contour_every: int = 5
+    photo_steps: int = 0
+    photo_lr: float = 0.05
+    photo_size: int = 112
+    photo_pairs: str = "all"
+    photo_region: str = "inner_face"
+    w_landmark: float = 1.0
+    w_jaw: float = 0.5
+    w_photo: float = 100.0
+    w_flow: float = 0.0
+    w_id_prior: float = 0.5
+    w_exp_prior: float = 0.5
+    pose_step: tuple[float, ...] = (0.05, 0.05, 0.05, 0.05, 2.0, 2.0)
+    contour: bool = True
+    cross_view: "FitCrossViewConfig" = field(default_factory=lambda: FitCrossViewConfig())
+    flow: FlowConfig = field(default_factory=FlowConfig)
+
+    def __post_init__(self) -> None:
+        for key in ("n_id", "landmark_steps", "photo_steps"):
+            if getattr(self, key) < 0:
+                raise MvfError(f"config key '{key}': must be >= 0, got {getattr(self, key)}")
+        if self.photo_size < 32:
+            raise MvfError(f"config key 'photo_size': must be >= 32 px, got {self.photo_size}")
+        if self.photo_pairs not in PAIR_SETS:
+            raise MvfError(f"config key 'photo_pairs': {self.photo_pairs!r} is not one of {list(PAIR_SETS)}")
+        if self.photo_region not in REGIONS:
+            raise MvfError(f"config key 'photo_region': {self.photo_region!r} is not one of {list(REGIONS)}")
+        if len(self.pose_step) != 6:
+            raise MvfError(f"config key 'pose_step': expected 6 numbers, got {len(self.pose_step)}")
+
+
+@dataclass
+class FitResult:
+    """Fitted coefficients ``id`` (n_id,), ``exp`` (n_exp,), ``poses`` (V, 6) crop px; per-step
+    ``history`` and per-phase ``seconds``."""
+
+    id: Tensor
+    exp: Tensor
+    poses: Tensor
+    history: list[dict]
+    seconds: dict
+
+
+# ----------------------------------------------------------------------------- initialisation
+def init_poses_from_landmarks(lm3: Tensor, lm2: Tensor, visible: Tensor | None = None,
+                              use: tuple[int, ...] = NON_JAW) -> Tensor:
+    """Closed-form weak-perspective poses from 3D-2D landmark correspondences.
+
+    Solves the affine camera ``l = M L + t`` by least squares on centred points, then takes the
+    nearest scaled rotation: ``diag(1, -1) M = s R[:2]``.
+
+    Args:
+        lm3: ``(K, 3)`` model landmarks (mm). lm2: ``(V, K, 2)`` pixels. visible: ``(V, K)``.
+        use: landmark indices used (default: all but the jawline, which is view-dependent).
+    Returns: ``(V, 6)`` poses.
+    """
+    idx = torch.as_tensor(use, dtype=torch.long, device=lm3.device)
+    flip = torch.tensor([1.0, -1.0], dtype=torch.float64, device=lm3.device)
+    poses = []
+    for v in range(lm2.shape[0]):
+        sel = idx
+        if visible is not None:
+            keep = visible[v, idx].bool()
+            if int(keep.sum()) >= 6:
+                sel = idx[keep]
+        p3 = lm3[sel].double()
+        p2 = lm2[v, sel].double()
+        c3, c2 = p3.mean(0), p2.mean(0)
+        m = torch.linalg.lstsq(p3 - c3, p2 - c2).solution.T * flip[:, None]  # (2, 3)
+        u, sv, vh = torch.linalg.svd(m, full_matrices=False)
+        rows = u @ vh  # nearest matrix with orthonormal rows
+        r3 = torch.linalg.cross(rows[0], rows[1])
+        rot = torch.stack([rows[0], rows[1], r3])
+        scale = sv.mean()
+        t = c2 - scale * (rot[:2] @ c3) * flip
+        poses.append(torch.cat([scale[None], matrix_to_euler(rot), t]).float())
+    return torch.stack(poses)
+
+
+# ----------------------------------------------------------------------------- landmarks
+class CompactLandmarks:
+    """Landmark projection that decodes only the vertices the 68 landmarks can sit on.
+
+    The compact set is the landmark vertices, every jawline contour candidate and all vertices
+    of the triangles around the candidates, so the candidates' normals (and hence the contour
+    search of `mvf.contour.jaw_vertex_ids`) are exact. Results equal
+    `mvf.selfsup.model_landmarks_2d` on the full mesh.
+
+    Attributes (duck-typing the face model for `jaw_vertex_ids`): ``mean`` ``(M, 3)``,
+    ``landmarks`` ``(68,)`` and ``contour_lines`` ``(17, L)`` in compact indices, ``faces``
+    ``(Fc, 3)`` the triangles around the candidates; ``vertex_ids`` ``(M,)`` the full-mesh ids.
+    """
+
+    def __init__(self, model, n_id: int, contour: bool = True):
+        dev = model.device
+        lines = model.contour_lines if contour else None
+        ids = [model.landmarks]
+        faces = model.faces[:0]
+        if lines is not None:
+            cand = torch.unique(lines[lines >= 0])
+            faces = model.faces[torch.isin(model.faces, cand).any(1)]
+            ids += [cand, faces.reshape(-1)]
+        keep = torch.unique(torch.cat([i.to(dev) for i in ids]))
+        remap = torch.full((model.n_verts,), -1, dtype=torch.long, device=dev)
+        remap[keep] = torch.arange(keep.numel(), device=dev)
+        self.vertex_ids = keep
+        self.n_id = min(n_id, model.n_id)
+        self.mean = model.mean[keep]
+        self.id_basis = model.id_basis[: self.n_id, keep].reshape(self.n_id, -1)
+        self.exp_basis = model.exp_basis[:, keep].reshape(model.n_exp, -1)
+        self.landmarks = remap[model.landmarks]
+        self.faces = remap[faces]
+        self.contour_lines = None if lines is None else torch.where(lines >= 0, remap[lines.clamp_min(0)], -1)
+
+    def decode(self, id_coeffs: Tensor, exp_coeffs: Tensor) -> Tensor:
+        """``(B, M, 3)`` mm compact vertices of ``(B, k_id)``, ``(B, n_exp)`` coefficients."""
+        k = id_coeffs.shape[-1]
+        flat = self.mean.reshape(1, -1) + id_coeffs @ self.id_basis[:k] + exp_coeffs @ self.exp_basis
+        return flat.reshape(id_coeffs.shape[0], -1, 3)
+
+    def vertex_ids_for_views(self, verts: Tensor, poses: Tensor) -> Tensor:
+        """Compact vertex id of each landmark per view: ``(B, V, 68)``; jawline by contour search."""
+        b, v = poses.shape[:2]
+        rest = self.landmarks[N_JAW:].expand(b, v, -1)
+        if self.contour_lines is None:
+            return torch.cat([self.landmarks[:N_JAW].expand(b, v, -1), rest], -1)
+        from mvf.contour import jaw_vertex_ids, vertex_normals
+
+        with torch.no_grad():
+            vd = verts.detach()
+            normals = vertex_normals(vd, self.faces)
+            flat_v = vd[:, None].expand(b, v, *vd.shape[1:]).reshape(b * v, *vd.shape[1:])
+            flat_n = normals[:, None].expand(b, v, *vd.shape[1:]).reshape(b * v, *vd.shape[1:])
+            jaw, _ = jaw_vertex_ids(flat_v, poses.detach().reshape(b * v, 6), self, normals=flat_n,
+                                    lines=self.contour_lines)
+        return torch.cat([jaw.reshape(b, v, N_JAW), rest], -1)
+
+    def project(self, verts: Tensor, poses: Tensor, ids: Tensor | None = None) -> Tensor:
+        """2D landmarks ``(B, V, 68, 2)`` px of compact vertices ``(B, M, 3)`` in views ``(B, V, 6)``.
+
+        ``ids``: landmark vertex ids from `vertex_ids_for_views` to reuse (default: search now).
+        """
+        b, v = poses.shape[:2]
+        if ids is None:
+            ids = self.vertex_ids_for_views(verts, poses)
+        pts = torch.gather(verts, 1, ids.reshape(b, -1, 1).expand(-1, -1, 3)).reshape(b, v, 68, 3)
+        return project(pts, poses)
+
+
+# ----------------------------------------------------------------------------- fitting
+def _view_pairs(n_views: int, which: str) -> list[tuple[int, int]]:
+    """Ordered view pairs: all, or only those involving the front view (index 0)."""
+    if which == "front":
+        return [(a, b) for a in range(n_views) for b in range(n_views) if a != b and 0 in (a, b)]
+    return [(a, b) for a in range(n_views) for b in range(n_views) if a != b]
+
+
+def scale_poses(poses: Tensor, factor: float) -> Tensor:
+    """Poses ``(..., 6)`` for images resized by ``factor`` (f and t scale; angles unchanged)."""
+    return poses * poses.new_tensor([factor, 1.0, 1.0, 1.0, factor, factor])
+
+
+def robust_px(dist: Tensor, delta: float) -> Tensor:
+    """Charbonnier penalty ``sqrt(d² + δ²) - δ`` of pixel distances (≈ d beyond δ, quadratic below)."""
+    return torch.sqrt(dist.square() + delta * delta) - delta
+
+
+def rotation_derivatives(angles: Tensor) -> Tensor:
+    """``(..., 3, 3, 3)``: d R / d alpha, d R / d beta, d R / d gamma of `euler_to_matrix` at
+    ``angles`` ``(..., 3)`` radians (``R = Rz(γ) Ry(β) Rx(α)``)."""
+    a, b, g = angles.unbind(-1)
+    ca, sa, cb, sb, cg, sg = torch.cos(a), torch.sin(a), torch.cos(b), torch.sin(b), torch.cos(g), torch.sin(g)
+    one, zero = torch.ones_like(a), torch.zeros_like(a)
+
+    def mat(*entries):
+        return torch.stack(entries, -1).reshape(*a.shape, 3, 3)
+
+    rx, drx = mat(one, zero, zero, zero, ca, -sa, zero, sa, ca), mat(zero, zero, zero, zero, -sa, -ca, zero, ca, -sa)
+    ry, dry = mat(cb, zero, sb, zero, one, zero, -sb, zero, cb), mat(-sb, zero, cb, zero, zero, zero, -cb, zero, -sb)
+    rz, drz = mat(cg, -sg, zero, sg, cg, zero, zero, zero, one), mat(-sg, -cg, zero, cg, -sg, zero, zero, zero, zero)
+    return torch.stack([rz @ ry @ drx, rz @ dry @ rx, drz @ ry @ rx], -3)
+
+
+class _Problem:
+    """The landmark objective in one flat parameter vector ``θ = (id, exp, pose offsets)``.
+
+    ``E(θ) = Σ a_vk ρ(|p_vk(θ) - l_vk| / f0) / Σ a_vk + w_id·mean(id²) + w_exp·mean(exp)`` with ρ
+    the Charbonnier penalty (`robust_px`), ``f0`` the initial mean scale (px/mm: distances in
+    model millimetres), ``a`` the landmark weights (visibility x jaw weight), and poses
+    ``pose0 + offsets · step``. ``exp`` lies in [0, 1] (so |exp| = exp).
+    """
+
+    def __init__(self, compact: CompactLandmarks, targets: Tensor, weights: Tensor, pose0: Tensor,
+                 step: Tensor, n_exp: int, cfg: FitConfig):
+        self.compact, self.targets, self.pose0, self.step, self.cfg = compact, targets, pose0, step, cfg
+        self.n_id, self.n_exp, self.n_views = compact.n_id, n_exp, pose0.shape[0]
+        self.a = weights / weights.sum().clamp_min(1e-6)  # (V, 68)
+        self.mm_per_px = 1.0 / float(pose0[:, 0].mean().clamp_min(1e-6))
+        dev = targets.device
+        self.exp_linear = torch.zeros(self.size, device=dev, dtype=torch.float64)
+        self.exp_linear[self.n_id:self.n_id + n_exp] = cfg.w_exp_prior / max(n_exp, 1)
+        self.ids: Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return self.n_id + self.n_exp + 6 * self.n_views
+
+    def split(self, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``θ -> (id (n_id,), exp (n_exp,), poses (V, 6))``."""
+        id_c = theta[: self.n_id]
+        exp_c = theta[self.n_id:self.n_id + self.n_exp]
+        poses = self.pose0 + theta[self.n_id + self.n_exp:].reshape(self.n_views, 6) * self.step
+        return id_c, exp_c, poses
+
+    def search(self, theta: Tensor) -> None:
+        """Choose the jawline vertices for the current shape and poses (contour search)."""
+        id_c, exp_c, poses = self.split(theta.detach().float())
+        verts = self.compact.decode(id_c[None], exp_c[None])
+        self.ids = self.compact.vertex_ids_for_views(verts, poses[None])[0]  # (V, 68)
+        k = self.n_id
+        basis = torch.cat([self.compact.id_basis[:k], self.compact.exp_basis]).reshape(
+            k + self.n_exp, -1, 3)  # (K, M, 3)
+        self.sel_basis = basis[:, self.ids].permute(1, 2, 3, 0)  # (V, 68, 3, K)
+        self.sel_mean = self.compact.mean[self.ids]  # (V, 68, 3)
+
+    def project(self, theta: Tensor) -> Tensor:
+        """Landmarks ``(V, 68, 2)`` px for ``θ`` with the current jawline choice."""
+        id_c, exp_c, poses = self.split(theta)
+        coeff = torch.cat([id_c, exp_c]).to(self.sel_basis.dtype)
+        pts = self.sel_mean + self.sel_basis @ coeff
+        return project(pts, poses.to(pts.dtype))
+
+    def objective(self, theta: Tensor) -> Tensor:
+        """``E(θ)`` (scalar) with the current jawline choice."""
+        id_c, exp_c, _ = self.split(theta)
+        dist = (self.project(theta) - self.targets).norm(dim=-1) * self.mm_per_px
+        e = (self.a * robust_px(dist, self.cfg.lm_delta_mm)).sum()
+        return e + self.cfg.w_id_prior * id_c.square().mean() + self.cfg.w_exp_prior * exp_c.abs().mean()
+
+    def jacobian(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Landmarks ``(V, 68, 2)`` px and their analytic Jacobian ``(V, 68, 2, P)`` w.r.t. ``θ``."""
+        id_c, exp_c, poses = self.split(theta)
+        coeff = torch.cat([id_c, exp_c]).to(self.sel_basis.dtype)
+        pts = self.sel_mean + self.sel_basis @ coeff  # (V, 68, 3)
+        rot = euler_to_matrix(poses[:, 1:4])  # (V, 3, 3)
+        d_rot = rotation_derivatives(poses[:, 1:4])  # (V, 3 angles, 3, 3)
+        f = poses[:, 0, None, None]
+        sign = pts.new_tensor([1.0, -1.0])
+        rv = pts @ rot.transpose(1, 2)  # (V, 68, 3)
+        uv = f * rv[..., :2] * sign + poses[:, None, 4:6]
+        v, k = pts.shape[:2]
+        jac = pts.new_zeros(v, k, 2, self.size)
+        # shape: d uv / d coeff = f diag(1, -1) R[:2] B
+        proj = (f[..., None] * sign[:, None] * rot[:, None, :2, :])  # (V, 1, 2, 3)
+        jac[..., : self.n_id + self.n_exp] = proj @ self.sel_basis
+        base = self.n_id + self.n_exp
+        for view in range(v):
+            cols = slice(base + 6 * view, base + 6 * view + 6)
+            block = pts.new_zeros(k, 2, 6)
+            block[:, :, 0] = rv[view, :, :2] * sign
+            d_rv = torch.einsum("aij,kj->kai", d_rot[view], pts[view])  # (68, 3 angles, 3)
+            block[:, :, 1:4] = (poses[view, 0] * d_rv[..., :2] * sign).transpose(1, 2)
+            block[:, 0, 4] = 1.0
+            block[:, 1, 5] = 1.0
+            jac[view, :, :, cols] = block * self.step
+        return uv, jac
+
+    def linearise(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Gauss-Newton system of the IRLS surrogate at ``θ``: ``(H (P, P), g (P,))`` float64.
+
+        Landmark residuals are weighted by ``a ρ'(d) / d`` (iteratively reweighted least squares
+        for the Charbonnier penalty); the id prior is a residual, the exp prior a linear term.
+        """
+        with torch.no_grad():
+            uv, jac = self.jacobian(theta)
+            res = (uv - self.targets) * self.mm_per_px
+            jac = jac * self.mm_per_px
+            dist = res.norm(dim=-1)
+            omega = 1.0 / torch.sqrt(dist.square() + self.cfg.lm_delta_mm ** 2)  # ρ'(d) / d
+            w = (self.a * omega)[..., None].double()  # (V, 68, 1)
+            j = jac.double().reshape(-1, self.size)
+            wj = (jac.double() * w[..., None]).reshape(-1, self.size)
+            h = j.T @ wj
+            g = wj.T @ res.double().reshape(-1)
+            prior = 2.0 * self.cfg.w_id_prior / max(self.n_id, 1)
+            idx = torch.arange(self.n_id, device=h.device)
+            h[idx, idx] += prior
+            g[: self.n_id] += prior * theta[: self.n_id].double()
+        return h, g + self.exp_linear
+
+    def free(self, theta: Tensor, grad: Tensor) -> Tensor:
+        """``(P,)`` bool: parameters not held at a bound (exp at 0 with ``grad > 0``, or at 1 with
+        ``grad < 0``: the projected-Newton active set)."""
+        out = torch.ones(self.size, dtype=torch.bool, device=theta.device)
+        sl = slice(self.n_id, self.n_id + self.n_exp)
+        e, ge = theta[sl], grad[sl]
+        out[sl] = ~(((e <= 0.0) & (ge > 0)) | ((e >= 1.0) & (ge < 0)))
+        return out
+
+    def clamp(self, theta: Tensor) -> Tensor:
+        """Project ``exp`` into [0, 1]."""
+        out = theta.clone()
+        out[self.n_id:self.n_id + self.n_exp] = out[self.n_id:self.n_id + self.n_exp].clamp(0.0, 1.0)
+        return out
+
+
+def solve_landmarks(problem: _Problem, theta: Tensor, iterations: int, tol: float,
+                    history: list[dict]) -> Tensor:
+    """Levenberg-Marquardt (IRLS) on `_Problem` from ``θ``; the jawline is re-searched each step.
+
+    Steps that do not lower ``E`` are rejected and the damping raised. Stops after
+    ``iterations`` or when ``E`` fell by less than ``tol`` (relative) in an accepted step.
+    """
+    lam = 1e-3
+    problem.search(theta)
+    with torch.no_grad():
+        e = float(problem.objective(theta))
+    for it in range(iterations):
+        h, g = problem.linearise(theta)
+        free = problem.free(theta, g)  # exp at a bound with the gradient pushing out stays there
+        h, g = h[free][:, free], g[free]
+        eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+        diag = torch.diagonal(h).clamp_min(1e-9)
+        accepted = False
+        for _ in range(8):
+            delta = torch.zeros_like(theta)
+            delta[free] = torch.linalg.solve(h + lam * torch.diag(diag) + 1e-9 * eye, -g).to(theta.dtype)
+            cand = problem.clamp(theta + delta)
+            with torch.no_grad():
+                e_new = float(problem.objective(cand))
+            if e_new < e:
+                accepted = True
+                break
+            lam *= 4.0
+        if not accepted:
+            break
+        lam = max(lam / 3.0, 1e-7)
+        theta, e_old, e = cand, e, e_new
+        problem.search(theta)  # the jawline may move to other vertices with the new shape/pose
+        with torch.no_grad():
+            e = float(problem.objective(theta))
+            px = float(((problem.project(theta) - problem.targets).norm(dim=-1) * problem.a).sum())
+        history.append({"step": len(history), "phase": "landmarks", "loss": e, "landmark_px": px})
+        if e_old - e < tol * max(e_old, 1e-9) and e <= e_old:
+            break
+    return theta
+
+
+def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
+        cfg: FitConfig | None = None, init: dict | None = None, backend: str = "auto",
+        progress: bool = False) -> FitResult:
+    """Fit the face model to one subject's views.
+
+    Args:
+        model: `mvf.facemodel.FaceModel`. images: ``(V, 3, S, S)`` crops in [0, 1] (only the
+            cross-view phase reads them). landmarks: ``(V, 68, 2)`` crop pixels.
+        visible: ``(V, 68)`` landmark weights (None: all).
+        cfg: `FitConfig`. init: optional ``{"id": (k,), "exp": (k,), "pose": (V, 6)}`` start in
+            crop pixels (e.g. the network's prediction; all its k identity modes are optimised if
+            k > ``cfg.n_id``); otherwise the mean face and `init_poses_from_landmarks`.
+        progress: show a progress bar over the cross-view steps (on a terminal).
+    Returns:
+        `FitResult` with poses in crop pixels.
+    """
+    cfg = cfg or FitConfig()
+    dev = model.device
+    images, landmarks = images.to(dev), landmarks.to(dev).float()
+    n_views = landmarks.shape[0]
+    vis = torch.ones(landmarks.shape[:2], device=dev) if visible is None else visible.to(dev).float()
+    n_id = cfg.n_id if init is None else max(cfg.n_id, int(torch.as_tensor(init["id"]).numel()))
+    compact = CompactLandmarks(model, n_id, cfg.contour)  # a network's extra id modes are kept
+    n_id, n_exp = compact.n_id, model.n_exp
+    id0 = torch.zeros(n_id, device=dev)
+    exp0 = torch.zeros(n_exp, device=dev)
+    if init is not None:
+        given_id = torch.as_tensor(init["id"], dtype=torch.float32, device=dev).reshape(-1)[:n_id]
+        given_exp = torch.as_tensor(init["exp"], dtype=torch.float32, device=dev).reshape(-1)[:n_exp]
+        id0[: given_id.numel()] = given_id
+        exp0[: given_exp.numel()] = given_exp.clamp(0.0, 1.0)
+        pose0 = torch.as_tensor(init["pose"], dtype=torch.float32, device=dev).reshape(n_views, 6)
+    else:
+        pose0 = init_poses_from_landmarks(model.landmarks_3d(model.mean), landmarks, vis).to(dev)
+    step = torch.tensor(cfg.pose_step, device=dev, dtype=torch.float32)
+    step = torch.cat([step[:1] * pose0[:, :1].mean(), step[1:]])  # f step relative to f
+    weights = vis.clone()
+    weights[:, :N_JAW] *= cfg.w_jaw
+    problem = _Problem(compact, landmarks, weights, pose0, step, n_exp, cfg)
+    theta = torch.cat([id0, exp0, torch.zeros(6 * n_views, device=dev)])
+    history: list[dict] = []
+    seconds: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    if cfg.landmark_steps > 0:
+        theta = solve_landmarks(problem, theta, cfg.landmark_steps, cfg.landmark_tol, history)
+    seconds["landmarks"] = time.perf_counter() - t0
+
+    if cfg.photo_steps > 0 and (cfg.w_photo > 0 or cfg.w_flow > 0):
+        t0 = time.perf_counter()
+        theta = _cross_view_phase(model, problem, theta, images, cfg, backend, history, progress)
+        seconds["cross_view"] = time.perf_counter() - t0
+    with torch.no_grad():
+        id_c, exp_c, poses = problem.split(theta)
+    return FitResult(id_c.clone(), exp_c.clone(), poses.clone(), history, seconds)
+
+
+def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, cfg: FitConfig,
+                      backend: str, history: list[dict], progress: bool) -> Tensor:
+    """Adam on landmarks + priors + photometric/flow losses at ``photo_size`` px."""
+    dev = theta.device
+    size = images.shape[-1]
+    factor = cfg.photo_size / size
+    small = images if cfg.photo_size == size else tnf.interpolate(
+        images, size=(cfg.photo_size, cfg.photo_size), mode="bilinear", align_corners=False, antialias=True)
+    flow_net = build_flow(cfg.flow).to(dev) if cfg.w_flow > 0 else None
+    pairs = _view_pairs(problem.n_views, cfg.photo_pairs)
+    region = inner_face_region(model) if cfg.photo_region == "inner_face" else None
+    param = theta.clone().requires_grad_(True)
+    opt = torch.optim.Adam([param], lr=cfg.photo_lr)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.photo_steps, desc="cross-view fit", unit="step", leave=False, disable=None)
+    for it in range(cfg.photo_steps):
+        for group in opt.param_groups:  # cosine decay to 10 %
+            group["lr"] = cfg.photo_lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * it / cfg.photo_steps)))
+        if it % max(1, cfg.contour_every) == 0:
+            problem.search(param.detach())
+        opt.zero_grad(set_to_none=True)
+        loss_lm = problem.objective(param)
+        id_c, exp_c, poses = problem.split(param)
+        verts = model.decode(id_c[None], exp_c[None])
+        res = cross_view_losses(small[None], verts, model.faces, scale_poses(poses, factor)[None],
+                                cfg.cross_view, flow_net=flow_net, pairs=pairs, backend=backend,
+                                region=region)
+        loss = cfg.w_landmark * loss_lm + cfg.w_photo * res.photometric + cfg.w_flow * res.flow
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            param.copy_(problem.clamp(param))
+        history.append({"step": len(history), "phase": "cross_view", "loss": float(loss.detach()),
+                        "landmark_objective": float(loss_lm.detach()),
+                        "photometric": float(res.photometric.detach()), "flow": float(res.flow.detach())})
+        if bar is not None:
+            bar.set_postfix(photo=f"{history[-1]['photometric']:.3f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return param.detach()
+
+
+def fitted_landmarks(model, result: FitResult, contour: bool = True) -> Tensor:
+    """Projected landmarks ``(V, 68, 2)`` crop px of a fit."""
+    compact = CompactLandmarks(model, result.id.numel(), contour)
+    with torch.no_grad():
+        verts = compact.decode(result.id[None], result.exp[None])
+        return compact.project(verts, result.poses[None])[0]
+
+
+def landmark_error_px(model, result: FitResult, landmarks: Tensor, visible: Tensor | None = None,
+                      contour: bool = True) -> float:
+    """Mean landmark reprojection error (px, crop frame) of a fit over visible landmarks."""
+    lm2 = fitted_landmarks(model, result, contour)
+    vis = None if visible is None else visible.to(lm2.device)
+    return float(landmark_loss(lm2, landmarks.to(lm2.device), vis))
+
+
+def decode_result(model, result: FitResult) -> Tensor:
+    """The fitted mesh ``(N, 3)`` mm."""
+    with torch.no_grad():
+        return model.decode(result.id[None], result.exp[None])[0]
+
+
+def numpy_params(result: FitResult) -> dict:
+    """JSON-ready fitted parameters."""
+    return {"id": result.id.cpu().numpy().astype(np.float64).tolist(),
+            "exp": result.exp.cpu().numpy().astype(np.float64).tolist(),
+            "pose": result.poses.cpu().numpy().astype(np.float64).tolist()}
+
+
+def pose_degrees(poses: Tensor) -> list[list[float]]:
+    """Pitch, yaw, roll in degrees per view, for messages."""
+    return [[math.degrees(float(a)) for a in p[1:4]] for p in poses]

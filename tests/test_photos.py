@@ -1,0 +1,118 @@
+"""Photos -> crops -> fit -> texture -> outputs on the full photos (`mvf.photos`), on a synthetic
+triplet enlarged 3x (a 'photo' larger than the crop) with its true landmarks as landmark files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mvf.camera import project
+from mvf.facemodel import FaceModel
+from mvf.fit import FitConfig, fitted_landmarks
+from mvf.photos import overlay_sheet, prepare_views, reconstruct_photos, texture_sources
+from mvf.texture import sample_images
+
+VIEWS = ("front", "left", "right")
+UP = 3  # the 'photos' are the 224 px renders enlarged 3x
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return FaceModel.load()
+
+
+@pytest.fixture(scope="module")
+def photos(model, tmp_path_factory):
+    """A synthetic subject's three views enlarged to 672 px, with .npy landmark files."""
+    from PIL import Image
+
+    from mvf.data.config import SynthConfig
+    from mvf.data.synth import SynthGenerator
+    from mvf.fileio import write_image
+
+    gen = SynthGenerator(SynthConfig(), model, 224)
+    subject = gen.render([gen.draw(21, 0)])[0]
+    folder = tmp_path_factory.mktemp("photos")
+    paths, lm_files = {}, {}
+    for i, view in enumerate(VIEWS):
+        big = np.asarray(Image.fromarray(subject.images[i]).resize((224 * UP, 224 * UP), Image.Resampling.BICUBIC))
+        paths[view] = folder / f"{view}.png"
+        write_image(paths[view], big)
+        lm_files[view] = folder / f"{view}.npy"
+        np.save(lm_files[view], subject.labels["landmarks"][i] * UP)  # continuous coordinates scale exactly
+    return subject, paths, lm_files
+
+
+@pytest.fixture(scope="module")
+def views(photos):
+    _, paths, lm_files = photos
+    return prepare_views(paths, 224, lm_files)
+
+
+def test_texture_sources_crop_the_photo_at_its_resolution(model, photos, views):
+    subject, *_ = photos
+    poses = views.transforms[0].pose_to_crop(torch.from_numpy(subject.labels["pose"][0] * np.array([UP, 1, 1, 1, UP, UP])).float())
+    assert views.crops.shape[-1] == 224
+    images, src_poses = texture_sources(views, torch.stack([poses] * 3))
+    native = views.transforms[0].out_size / views.transforms[0].scale  # crop box side in photo px
+    assert images[0].shape[-1] == int(round(native)) > 224
+    verts = torch.from_numpy(subject.verts)
+    uv_crop = project(verts[None], poses[None])[0]
+    uv_src = project(verts[None], src_poses[:1])[0]
+    assert torch.allclose(uv_src, uv_crop * images[0].shape[-1] / 224, atol=1e-3)
+    # both sample the same colours (the larger one is sharper), on the face's front
+    front = verts[:, 2] > 60.0
+    a = sample_images(views.crops[:1], uv_crop[front][None])[0]
+    b = sample_images(images[:1], uv_src[front][None])[0]
+    assert (a - b).abs().mean() < 0.03
+
+
+def test_reconstruct_photos_writes_outputs_on_the_full_photos(model, photos, views, tmp_path):
+    subject, paths, _ = photos
+    summary = reconstruct_photos(model, views, tmp_path, FitConfig(), progress=False)
+    assert summary["landmark_error_px"] < 1.0
+    params = json.loads((tmp_path / "params.json").read_text())
+    for i, view in enumerate(VIEWS):
+        # the full-photo pose projects the fitted landmarks where the crop pose does, mapped back
+        pose_full = torch.tensor(params["pose_full"][view])
+        result = summary["result"]
+        crop_lm = fitted_landmarks(model, result)[i]
+        verts = model.decode(result.id[None], result.exp[None])
+        full_lm = project(model.landmarks_3d(verts)[:, 17:], pose_full[None])[0]
+        mapped = views.transforms[i].to_full(crop_lm[17:])
+        assert torch.allclose(full_lm, mapped, atol=1e-2)
+        # ...and lands on the photo's true landmarks (enlarged 3x: within 3 crop-px-equivalents)
+        truth = torch.from_numpy(subject.labels["landmarks"][i] * UP).float()
+        assert (full_lm - truth[17:]).norm(dim=-1).mean() < 3.0 * UP
+        from mvf.fileio import read_image
+
+        overlay = read_image(tmp_path / f"overlay_{view}.png")
+        assert overlay.shape == (224 * UP, 3 * 224 * UP, 3)
+    assert summary["texture"].texture.shape == (512, 512, 3)
+    assert (tmp_path / "mesh.png").is_file() and (tmp_path / "timing.json").is_file()
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["fit_landmarks"] > 0 and timing["overlays"] > 0
+    assert set(params["crop"]) == set(VIEWS) and params["images"]["left"] == str(paths["left"])
+
+
+def test_overlays_of_large_photos_are_shrunk(model, views):
+    photo = np.zeros((1500, 1200, 3), np.uint8)
+    verts = model.mean
+    pose = torch.tensor([4.0, 0.0, 0.0, 0.0, 600.0, 700.0])
+    lm = project(model.landmarks_3d(verts)[None], pose[None])[0].numpy()
+    sheet = overlay_sheet(model, verts, pose, photo, lm, np.ones(68, bool), lm, torch.ones(model.n_verts))
+    assert sheet.shape == (1024, 3 * 819, 3) or sheet.shape == (1024, 3 * 820, 3)
+    # the mesh is drawn where the pose puts it (scaled): the shaded panel is bright at the nose tip
+    nose = project(model.landmarks_3d(verts)[30][None, None], pose[None])[0, 0].numpy() * 1024 / 1500
+    assert sheet[int(nose[1]), int(nose[0])].mean() > 0.3
+    assert sheet[-3, 3].mean() < 0.05  # the (black) photo stays black away from the mesh
