@@ -70,10 +70,11 @@ def test_visualize_command_random_then_params(tmp_path, capsys):
 
 @needs_model
 @pytest.mark.parametrize("content,needle", [
-    ("{not json", "invalid JSON"),
+    ("{not json", "not valid JSON"),
     ('{"id": [], "exp": [], "pose": {"front": [1, 0, 0, 0, 1, 1]}}', "lacks view 'left'"),
     ('{"id": [], "exp": [], "pose": [[1, 0, 0, 0, 1], [1, 0, 0, 0, 1, 1], [1, 0, 0, 0, 1, 1]]}', "6 numbers"),
-    ('{"id": [1e9] , "exp": [], "poses": []}', "unknown key 'poses'"),
+    ('{"id": [1e9] , "exp": [], "poses": []}', "lacks view 'front'"),  # extra keys are ignored
+    ('{"id": [0.0] , "exp": [], "pose": [[0, 0, 0, 0, 1, 1], [1, 0, 0, 0, 1, 1], [1, 0, 0, 0, 1, 1]]}', "f must be positive"),
 ])
 def test_visualize_bad_params_exit_2_with_one_line(tmp_path, capsys, content, needle):
     images = tmp_path / "imgs"
@@ -92,7 +93,7 @@ def test_visualize_bad_params_exit_2_with_one_line(tmp_path, capsys, content, ne
 @needs_model
 def test_visualize_missing_images_exit_2(tmp_path, capsys):
     path = tmp_path / "p.json"
-    path.write_text('{"pose": [[1, 0, 0, 0, 8, 8], [1, 0, 0, 0, 8, 8], [1, 0, 0, 0, 8, 8]]}')
+    path.write_text('{"id": [], "exp": [], "pose": [[1, 0, 0, 0, 8, 8], [1, 0, 0, 0, 8, 8], [1, 0, 0, 0, 8, 8]]}')
     (tmp_path / "imgs").mkdir()
     code = main(["visualize", "--params", str(path), "--images", str(tmp_path / "imgs"), "--out", str(tmp_path)])
     err = capsys.readouterr().err

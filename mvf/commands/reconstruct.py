@@ -22,6 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--fit-config", metavar="YAML", help="fitting settings (mvf.fit.FitConfig keys)")
     p.add_argument("--auto-order", action="store_true",
                    help="reassign photos whose detected yaw contradicts their slot")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for photo reconstruction (default 1, as `mvf fit`)")
     for v in ("front", "left", "right"):
         p.add_argument(f"--{v}-landmarks", metavar="FILE", help=f"68 landmarks for the {v} image (.pts/.npy)")
     p.add_argument("--front", metavar="IMG", help="front view image")
@@ -66,6 +68,11 @@ def run_photos(args: argparse.Namespace, crop: str) -> int:
     from mvf.fit import FitConfig
     from mvf.photos import prepare_views, print_timing, reconstruct_photos
 
+    import torch
+
+    if args.threads < 1:
+        raise MvfError(f"--threads {args.threads}: must be >= 1")
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     paths, lm_files = view_paths(args)
     cfg = load_config(args.fit_config, FitConfig)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -40,53 +38,22 @@ def add_parser(sub) -> None:
 
 
 # ----------------------------------------------------------------------------- params
-def _numbers(value, where: str, path: Path, length: int | None = None) -> list[float]:
-    if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                              for x in value):
-        raise file_error(path, f"'{where}' must be a list of numbers")
-    if length is not None and len(value) != length:
-        raise file_error(path, f"'{where}' must have {length} numbers, got {len(value)}")
-    if not all(math.isfinite(x) for x in value):
-        raise file_error(path, f"'{where}' has a non-finite number")
-    return [float(x) for x in value]
+def read_params(path: str | Path, model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read a params JSON (`mvf.params`): ``(id (k_id,), exp (k_exp,), poses (3, 6))``.
 
+    Extra keys (e.g. those `mvf reconstruct` and `mvf fit` add) are ignored; the three poses are
+    required. `MvfError` naming the file on bad input.
+    """
+    from mvf.params import load_params
 
-def read_params(path: str | Path, n_id: int, n_exp: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read a params JSON: ``(id (k_id,), exp (k_exp,), poses (3, 6))``; `MvfError` on bad input."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise file_error(path, "params file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise file_error(path, f"cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise file_error(path, f"invalid JSON at line {e.lineno}") from None
-    if not isinstance(data, dict):
-        raise file_error(path, "expected a JSON object with 'id', 'exp' and 'pose'")
-    unknown = sorted(set(data) - {"id", "exp", "pose"})
-    if unknown:
-        raise file_error(path, f"unknown key '{unknown[0]}' (known: exp, id, pose)")
-    ids = _numbers(data.get("id", []), "id", path)
-    exp = _numbers(data.get("exp", []), "exp", path)
-    if len(ids) > n_id or len(exp) > n_exp:
-        raise file_error(path, f"{len(ids)} id / {len(exp)} exp coefficients, the model has {n_id} / {n_exp}")
-    pose = data.get("pose")
-    if isinstance(pose, dict):
-        missing = [v for v in VIEWS if v not in pose]
-        if missing:
-            raise file_error(path, f"'pose' lacks view '{missing[0]}' (need {', '.join(VIEWS)})")
-        extra = sorted(set(pose) - set(VIEWS))
-        if extra:
-            raise file_error(path, f"'pose' has unknown view '{extra[0]}'")
-        rows = [_numbers(pose[v], f"pose.{v}", path, 6) for v in VIEWS]
-    elif isinstance(pose, list) and len(pose) == len(VIEWS):
-        rows = [_numbers(p, f"pose[{i}]", path, 6) for i, p in enumerate(pose)]
-    else:
-        raise file_error(path, "'pose' must map front/left/right to 6 numbers, or list 3 such lists")
-    if any(r[0] <= 0 for r in rows):
+    params = load_params(path, model)
+    missing = [v for v in VIEWS if v not in params.pose]
+    if missing:
+        raise file_error(path, f"'pose' lacks view '{missing[0]}' (need {', '.join(VIEWS)})")
+    poses = params.poses(VIEWS)
+    if bool((poses[:, 0] <= 0).any()):
         raise file_error(path, "pose scale f must be positive")
-    return torch.tensor(ids), torch.tensor(exp), torch.tensor(rows)
+    return torch.from_numpy(params.id), torch.from_numpy(params.exp), poses
 
 
 def _load_images(folder: str | Path, size: int | None) -> tuple[torch.Tensor, float]:
@@ -168,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.params or not args.images:
             raise MvfError("give --params P.json and --images DIR (or --random)")
-        ids, exp, poses = read_params(args.params, model.n_id, model.n_exp)
+        ids, exp, poses = read_params(args.params, model)
         images, scale = _load_images(args.images, args.size)
         poses[:, 0] *= scale
         poses[:, 4:] *= scale
