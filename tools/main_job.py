@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,10 +67,10 @@ def main() -> None:
     mvf("synth", "--out", str(data), "--subjects", str(TRAIN_SUBJECTS), "--seed", "0", "--size", "96", "--quiet")
     mvf("synth", "--out", str(held), "--subjects", "2", "--seed", str(HELD_OUT_SEED), "--size", "96", "--quiet")
     run = OUT / "runs" / "cpu"
+    shutil.rmtree(run, ignore_errors=True)  # a fresh short run each time (the config may have changed)
     mvf("train", "--config", "configs/cpu.yaml", "--out", str(run), "--steps", str(MAIN_STEPS),
         "--set", f"validation.root={data}", "--set", f"stages.supervised.data.root={data}",
-        "--set", "validation.every_steps=30", "--set", "checkpoint_every=30", "--quiet",
-        *(["--resume"] if (run / "last.pt").is_file() else []))
+        "--set", "validation.every_steps=30", "--set", "checkpoint_every=30", "--quiet")
     subject = sorted(p for p in held.iterdir() if p.is_dir())[0]
     recon = OUT / "recon_synth"
     mvf("reconstruct", "--checkpoint", str(run / "last.pt"), "--images", str(subject), "--out", str(recon))
