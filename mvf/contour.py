@@ -17,25 +17,10 @@ from __future__ import annotations
 import torch
 
 from mvf.camera import euler_to_matrix, project, view_directions
+from mvf.geometry import vertex_normals  # noqa: F401  (re-exported: area-weighted unit normals)
 
 CHIN = 8
 N_JAW = 17
-
-
-def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals.
-
-    Args:
-        verts: ``(N, Nv, 3)`` mm. faces: ``(F, 3)`` long, counter-clockwise seen from outside.
-    Returns:
-        ``(N, Nv, 3)`` unit normals (outwards).
-    """
-    v0, v1, v2 = (verts[:, faces[:, i]] for i in range(3))
-    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)  # (N, F, 3), length = 2 * area
-    normals = torch.zeros_like(verts)
-    for i in range(3):
-        normals.index_add_(1, faces[:, i], fn)
-    return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
 
 
 def build_contour_lines(mean: torch.Tensor, faces: torch.Tensor, landmarks: torch.Tensor,

@@ -70,6 +70,7 @@ def main() -> None:
     shutil.rmtree(run, ignore_errors=True)  # a fresh short run each time (the config may have changed)
     mvf("train", "--config", "configs/cpu.yaml", "--out", str(run), "--steps", str(MAIN_STEPS),
         "--set", f"validation.root={data}", "--set", f"stages.supervised.data.root={data}",
+        "--set", f"stages.self_supervised.data.root={data}",
         "--set", "validation.every_steps=30", "--set", "checkpoint_every=30", "--quiet")
     subject = sorted(p for p in held.iterdir() if p.is_dir())[0]
     recon = OUT / "recon_synth"
