@@ -39,6 +39,16 @@ class Backbone(nn.Module):
         """``(N, 3, H, W)`` in [0, 1] -> ``(N, C, H/32, W/32)``."""
         return self.trunk((images - self.mean) / self.std)
 
+    def forward_with_mid(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Also the stride-8 map: ``((N, mid_channels, H/8, W/8), (N, C, H/32, W/32))``."""
+        x = (images - self.mean) / self.std
+        mid = self.trunk.stem(x)
+        return mid, self.trunk.rest(mid)
+
+    @property
+    def mid_channels(self) -> int:
+        return self.trunk.mid_channels
+
 
 def _vgg_trunk() -> nn.Module:
     layers: list[nn.Module] = []
@@ -51,7 +61,7 @@ def _vgg_trunk() -> nn.Module:
                        nn.ReLU(inplace=True)]
             cin = item
     # same layout and key names as torchvision's vgg16_bn ``features``, so its weights load
-    return _Features(nn.Sequential(*layers))
+    return _Features(nn.Sequential(*layers), split=24, mid_channels=256)  # after the 3rd pool
 
 
 def _resnet18_trunk() -> nn.Module:
@@ -65,27 +75,45 @@ def _resnet18_trunk() -> nn.Module:
 
 
 class _ResNetTrunk(nn.Module):
+    mid_channels = 128
+
     def __init__(self, net: nn.Module):
         super().__init__()
         for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             setattr(self, name, getattr(net, name))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Input -> stride-8 map (after layer2)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.layer2(self.layer1(x))
+
+    def rest(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer4(self.layer3(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.stem(x))
 
 
 def _mobilenet_trunk() -> nn.Module:
     import torchvision
 
     net = torchvision.models.mobilenet_v3_small(weights=None)
-    return _Features(net.features)
+    return _Features(net.features, split=4, mid_channels=24)  # after the 2nd stride-8 block
 
 
 class _Features(nn.Module):
-    def __init__(self, features: nn.Module):
+    """A ``features`` stack; ``split`` layers make the stride-8 part (``mid_channels`` deep)."""
+
+    def __init__(self, features: nn.Module, split: int, mid_channels: int):
         super().__init__()
         self.features = features
+        self.split, self.mid_channels = split, mid_channels
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features[: self.split](x)
+
+    def rest(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features[self.split:](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

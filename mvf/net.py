@@ -5,6 +5,9 @@
 * Every view goes through the same backbone (shared weights). Its feature map becomes a view
   feature: global average pooling plus a small flattened spatial branch (1x1 conv, so the
   feature still knows *where* the face is, which tx, ty and f need) and a linear layer + ReLU.
+* Optional landmark head (``model.landmark_head``): 68 heat maps on the backbone's stride-8
+  map, soft-argmax -> 2D landmarks (px), trained by the ``landmark2d`` loss; their normalised
+  coordinates join the view feature, so both heads see the face's 2D geometry explicitly.
 * Fusion of the view features for the 3DMM head: ``concat`` (the paper's; exactly the views
   front, left, right in that order), ``mean`` or ``attention`` (softmax-weighted sum, any
   number of views including one).
@@ -32,6 +35,7 @@ from mvf.views import VIEWS
 
 FACE_FILL = 0.6  # zero pose output: the mean face's 68-landmark box side is 60% of the image
 VIEW_FEATURES = 512  # width of a view feature
+N_LANDMARKS = 68
 
 
 @dataclass(frozen=True)
@@ -100,14 +104,45 @@ class ViewEncoder(nn.Module):
         side = _map_side(cfg.backbone, cfg.image_size)
         self.spatial = nn.Sequential(nn.Conv2d(c, cfg.spatial, 1), nn.ReLU(inplace=True)) if cfg.spatial else None
         n_in = c + (cfg.spatial * side * side if cfg.spatial else 0)
+        self.landmark_head = None
+        if cfg.landmark_head:
+            mid = self.backbone.mid_channels
+            self.landmark_head = nn.Sequential(
+                nn.Conv2d(mid, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                nn.Conv2d(64, N_LANDMARKS, 1))
+            n_in += 2 * N_LANDMARKS
         self.proj = nn.Sequential(nn.Linear(n_in, VIEW_FEATURES), nn.ReLU(inplace=True))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        fmap = self.backbone(images)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(N, 3, S, S)`` -> view features ``(N, VIEW_FEATURES)`` and, with the landmark head,
+        landmarks ``(N, 68, 2)`` px (else None)."""
+        landmarks = None
+        if self.landmark_head is None:
+            fmap = self.backbone(images)
+        else:
+            mid, fmap = self.backbone.forward_with_mid(images)
+            landmarks = soft_argmax(self.landmark_head(mid), images.shape[-1])
         parts = [fmap.mean((2, 3))]
         if self.spatial is not None:
             parts.append(self.spatial(fmap).flatten(1))
-        return self.proj(torch.cat(parts, 1))
+        if landmarks is not None:
+            parts.append((2.0 * landmarks / images.shape[-1] - 1.0).flatten(1))
+        return self.proj(torch.cat(parts, 1)), landmarks
+
+
+def soft_argmax(logits: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Expected pixel position of each heat map: ``(N, K, h, w)`` logits -> ``(N, K, 2)`` px.
+
+    Cell ``(i, j)`` of an ``h x w`` map over an ``S x S`` image is centred at
+    ``((j + 0.5) S / w, (i + 0.5) S / h)`` (the image frame of `mvf.camera`).
+    """
+    n, k, h, w = logits.shape
+    prob = torch.softmax(logits.flatten(2), -1).reshape(n, k, h, w)
+    xs = (torch.arange(w, dtype=logits.dtype, device=logits.device) + 0.5) * (image_size / w)
+    ys = (torch.arange(h, dtype=logits.dtype, device=logits.device) + 0.5) * (image_size / h)
+    u = (prob.sum(2) * xs).sum(-1)
+    v = (prob.sum(3) * ys).sum(-1)
+    return torch.stack([u, v], -1)
 
 
 def _map_side(backbone: str, image_size: int) -> int:
@@ -183,7 +218,8 @@ class MVFNet(nn.Module):
             raise MvfError("need at least one view")
 
     def forward(self, images: torch.Tensor, views: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
-        """``images (B, V, 3, S, S)`` in [0, 1] -> id ``(B, n_id)``, exp ``(B, n_exp)``, pose ``(B, V, 6)``."""
+        """``images (B, V, 3, S, S)`` in [0, 1] -> id ``(B, n_id)``, exp ``(B, n_exp)``, pose ``(B, V, 6)``
+        and, with ``model.landmark_head``, ``landmarks (B, V, 68, 2)`` px."""
         if images.dim() != 5 or images.shape[2] != 3:
             raise MvfError(f"images must be (B, V, 3, H, W), got {tuple(images.shape)}")
         b, v, _, h, w = images.shape
@@ -191,10 +227,14 @@ class MVFNet(nn.Module):
         if (h, w) != (s, s):
             raise MvfError(f"images are {w}x{h} px but this network takes {s}x{s}")
         self.check_views(views, v)
-        feats = self.encoder(images.reshape(b * v, 3, h, w)).reshape(b, v, -1)
+        feats, landmarks = self.encoder(images.reshape(b * v, 3, h, w))
+        feats = feats.reshape(b, v, -1)
         coeffs = self.head_3dmm(self.fusion(feats))
         raw_pose = self.head_pose(feats)
-        return self.decode(coeffs, raw_pose)
+        out = self.decode(coeffs, raw_pose)
+        if landmarks is not None:
+            out["landmarks"] = landmarks.reshape(b, v, N_LANDMARKS, 2)
+        return out
 
     def decode(self, coeffs: torch.Tensor, raw_pose: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw head outputs ``(B, n_id + n_exp)``, ``(B, V, 6)`` -> the output dict."""

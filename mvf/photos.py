@@ -252,7 +252,7 @@ def reconstruct_photos(model, views: PreparedViews, out_dir: Path, fit_cfg: FitC
     lm_err = float((dist * vis).sum() / vis.sum().clamp_min(1))
     for phase, sec in result.seconds.items():
         timing[f"fit_{phase}"] = sec
-    timing["fit"] = time.perf_counter() - t - sum(result.seconds.values())  # set-up around the phases
+    timing["fit_setup"] = time.perf_counter() - t - sum(result.seconds.values())  # around the phases
 
     t = time.perf_counter()
     tex_cfg = texture_cfg or TextureConfig()

@@ -156,3 +156,10 @@ def test_cli_reports_a_bad_config_key_on_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "unknown config key 'modle'" in lines[0] and str(path) in lines[0]
+
+
+def test_landmark2d_needs_the_landmark_head(tmp_path):
+    path = _write(tmp_path, "stages: [{name: s, steps: 5, loss: {landmark2d: 0.1}}]\n")
+    with pytest.raises(MvfError, match="needs model.landmark_head"):
+        load_train_config(path)
+    assert load_train_config(path, ["model.landmark_head=true"]).model.landmark_head

@@ -287,3 +287,16 @@ def test_landmark_files_replace_detection(tmp_path, capsys, model):
     params = json.loads((tmp_path / "o" / "params.json").read_text())
     assert params["landmark_error_px"] < 1.0
     shutil.rmtree(tmp_path / "o")
+
+
+def test_fit_config_file_and_validation():
+    from mvf.config import load_config, to_dict
+    from mvf.errors import MvfError
+
+    shipped = load_config(Path(__file__).resolve().parents[1] / "configs" / "fit.yaml", FitConfig)
+    assert to_dict(shipped) == to_dict(FitConfig())  # the file documents the defaults
+    assert load_config(None, FitConfig, ["cross_view.erode_px=3"]).cross_view.normalise == "affine"
+    for bad in ("photo_pairs=some", "photo_region=hair", "landmark_steps=-1", "photo_size=8",
+                "cross_view.normalise=hdr", "pose_step=[1, 2]"):
+        with pytest.raises(MvfError):
+            load_config(None, FitConfig, [bad])

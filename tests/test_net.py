@@ -156,10 +156,39 @@ def test_pretrained_errors(tmp_path):
 
 
 def test_vgg_loads_torchvision_vgg16_bn_features(tmp_path):
-    import torchvision
+    """torchvision's vgg16_bn layer stack (its `make_layers`, keys ``features.*``) loads as is."""
+    from torchvision.models.vgg import cfgs, make_layers
 
-    ref = torchvision.models.vgg16_bn(weights=None)
+    torch.manual_seed(4)
+    features = make_layers(cfgs["D"], batch_norm=True)
     path = tmp_path / "vgg.pth"
-    torch.save(ref.state_dict(), path)
+    state = {f"features.{k}": v for k, v in features.state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(2, 2)  # a classifier head is ignored
+    torch.save(state, path)
     bb = build_backbone("vgg", path)
-    assert torch.equal(bb.trunk.features[0].weight, ref.features[0].weight)
+    assert torch.equal(bb.trunk.features[0].weight, features[0].weight)
+    assert torch.equal(bb.trunk.features[41].running_var, features[41].running_var)
+
+
+def test_soft_argmax_known_answers():
+    from mvf.net import soft_argmax
+
+    logits = torch.full((1, 2, 12, 12), -50.0)
+    logits[0, 0, 3, 7] = 50.0  # a sharp peak in cell (row 3, col 7)
+    logits[0, 1] = 0.0  # flat: the expectation is the image centre
+    uv = soft_argmax(logits, 96)
+    assert torch.allclose(uv[0, 0], torch.tensor([(7 + 0.5) * 8, (3 + 0.5) * 8]), atol=1e-3)
+    assert torch.allclose(uv[0, 1], torch.tensor([48.0, 48.0]), atol=1e-3)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_small"])
+def test_landmark_head_outputs_and_gradients(face, backbone):
+    net = _net(face, backbone=backbone, image_size=64, fusion="attention", hidden=32, landmark_head=True).train()
+    x = torch.rand(2, 1, 3, 64, 64)
+    out = net(x)
+    assert out["landmarks"].shape == (2, 1, 68, 2)
+    assert ((out["landmarks"] > 0) & (out["landmarks"] < 64)).all()
+    out["landmarks"].sum().backward()
+    head = net.encoder.landmark_head[-1].weight.grad
+    assert head is not None and head.abs().sum() > 0
+    assert "landmarks" not in _net(face, image_size=64, fusion="mean", hidden=32)(x)

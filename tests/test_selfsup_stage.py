@@ -188,3 +188,17 @@ def test_stage_kind_is_registered():
 
         stage = StageConfig(kind="self_supervised", loss=LossWeights(photometric=1.0))
         kind.make_dataset(DataRequest(stage, ModelConfig(views=["front"], fusion="mean"), {}))
+
+
+def test_visualize_adds_mask_error_and_flow_panels(tmp_path):
+    """`mvf visualize` appends, per view and pair, the loss mask, the error map and the flow field:
+    4 + 2 + 2 renderer panels and 3 x 2 cross-view ones = 4 rows of 4; without flow, 3 rows."""
+    from mvf.fileio import read_image
+    from renderer.pictures import GAP_PX, TITLE_PX
+
+    size = 48
+    for extra, rows in (([], 4), (["--no-flow"], 3)):
+        out = tmp_path / f"vis{rows}"
+        assert main(["visualize", "--random", "--seed", "4", "--size", str(size), "--out", str(out), *extra]) == 0
+        sheet = read_image(out / "sheet_left.png")
+        assert sheet.shape[:2] == (rows * (size + TITLE_PX) + (rows - 1) * GAP_PX, 4 * (size + GAP_PX) - GAP_PX)

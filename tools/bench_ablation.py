@@ -112,6 +112,11 @@ def photometric_error(net, loader, ctx) -> float:
     return 255.0 * total / max(n, 1)
 
 
+def brief(row: dict) -> str:
+    return (f"RMSE {row['rmse_mm']:.3f} mm, landmarks {row['landmark_px']:.2f} px, "
+            f"photometric {row['photometric_255']:.2f}/255, pose {row['pose_deg']:.2f} deg")
+
+
 def evaluate_net(net, loader, ctx) -> dict:
     from mvf.train.validation import evaluate
 
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = build_context(base, torch.device("cpu"), start.net, start.face)
     results = [{"arm": "start", "name": "supervised checkpoint", "steps": 0, "seconds": 0.0,
                 **evaluate_net(start.net, loader, ctx)}]
-    print(f"start: {results[0]}", file=sys.stderr, flush=True)
+    print(f"start: {brief(results[0])}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="mvf-ablation-") as tmp:
         for arm in args.arms:
             cfg = copy.deepcopy(base)
@@ -205,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             row = {"arm": arm, "name": ARMS[arm], "steps": args.steps, "seconds": seconds,
                    **evaluate_net(trainer.net, loader, trainer.ctx)}
             results.append(row)
-            print(f"({arm}) {ARMS[arm]}: {args.steps} steps in {seconds:.0f} s: {row}", file=sys.stderr, flush=True)
+            print(f"({arm}) {ARMS[arm]}: {args.steps} steps in {seconds:.0f} s: {brief(row)}", file=sys.stderr,
+                  flush=True)
 
     by = {r["arm"]: r for r in results}
     verdict = None

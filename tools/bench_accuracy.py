@@ -5,8 +5,9 @@
 The held-out set (default 60 subjects, seed 9999, 224 px) is generated with `mvf synth` into
 ``data/bench/heldout-s9999-n60`` the first time. Reports the vertex RMSE in mm on the face
 region after rigid alignment (mean, median, 90th percentile; plus the similarity-aligned mean),
-the landmark error in px (in the network's input pixels), the pose error in degrees and the
-inference time per triplet (batch 1, after warm-up).
+the landmark error in px (in the network's input pixels and in the held-out images' pixels),
+the pose error in degrees, the inference time per triplet (batch 1, after warm-up), and for
+reference the RMSE of predicting the mean face for everyone.
 """
 from __future__ import annotations
 
@@ -33,6 +34,21 @@ def ensure_heldout(path: Path, subjects: int, seed: int, size: int) -> None:
     print("generating the held-out set:", " ".join(cmd[2:]), file=sys.stderr, flush=True)
     if subprocess.run(cmd, cwd=ROOT).returncode != 0:
         sys.exit(f"bench_accuracy: `mvf synth` failed for {path}")
+
+
+def mean_face_rmse(ds, ctx) -> float:
+    """Mean rigid vertex RMSE (mm) of predicting the mean face for every held-out subject."""
+    import torch
+
+    from mvf.align import aligned_rmse
+    from mvf.data.format import read_labels
+
+    errs = []
+    for name in ds.subjects:
+        labels = read_labels(ds.root / name / "labels.npz")
+        gt = ctx.face.decode(torch.from_numpy(labels["id"])[None], torch.from_numpy(labels["exp"])[None])
+        errs.append(float(aligned_rmse(ctx.face.mean[None], gt, ctx.region)[0]))
+    return sum(errs) / len(errs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     loader = DataLoader(ds, batch_size=args.batch, shuffle=False)
     result = evaluate(model.net, loader, ctx)
     summary = result.summary()
+    baseline = mean_face_rmse(ds, ctx)
+    stored = int(ds.index["size"])
 
     times = []
     with torch.no_grad():
@@ -90,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         "views": list(cfg.model.views),
         "rmse_mm_mean": summary["rmse_mm"], "rmse_mm_median": summary["rmse_median_mm"],
         "rmse_mm_p90": summary["rmse_p90_mm"], "rmse_similarity_mm_mean": summary["rmse_sim_mm"],
-        "landmark_px": summary["landmark_px"], "pose_deg": summary["pose_deg"],
+        "landmark_px": summary["landmark_px"],
+        f"landmark_px_at_{stored}": summary["landmark_px"] * stored / cfg.model.image_size,
+        "pose_deg": summary["pose_deg"], "mean_face_rmse_mm": baseline,
         "inference_ms_per_triplet": 1000.0 * float(np.median(times)) if times else float("nan"),
         "threads": torch.get_num_threads(),
     }
@@ -105,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         ("vertex RMSE, rigid, median (mm)", report["rmse_mm_median"]),
         ("vertex RMSE, rigid, p90 (mm)", report["rmse_mm_p90"]),
         ("vertex RMSE, similarity, mean (mm)", report["rmse_similarity_mm_mean"]),
-        (f"landmark error ({cfg.model.image_size} px input) (px)", report["landmark_px"]),
+        (f"landmark error, {cfg.model.image_size} px input (px)", report["landmark_px"]),
+        (f"landmark error, in the {stored} px images (px)", report[f"landmark_px_at_{stored}"]),
         ("pose error (deg)", report["pose_deg"]),
         ("inference per triplet (ms)", report["inference_ms_per_triplet"]),
+        ("reference: mean face, rigid RMSE (mm)", report["mean_face_rmse_mm"]),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"| {'metric':<{width}} | value |\n|{'-' * (width + 2)}|------:|")

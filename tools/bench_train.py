@@ -43,6 +43,8 @@ def bench_config(name: str, data: Path, steps: int, threads: int | None) -> list
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run", quiet=True)
         for stage in trainer.plan:
+            if stage.dataset is None:  # switched off (zero budget)
+                continue
             trainer.optimizer = None
             trainer._enter_stage(stage)
             times = []

@@ -37,6 +37,7 @@ class ModelConfig:
     n_exp: int = 53  # expression weights regressed
     hidden: int = 512  # width of the 3DMM head's hidden layer
     spatial: int = 32  # channels of the flattened spatial branch (keeps where the face is); 0 = off
+    landmark_head: bool = False  # 68 heat maps + soft-argmax on the stride-8 map, fed to both heads
     pretrained: str | None = None  # local backbone state-dict file; never downloaded
     face_model: str | None = None  # face-model asset (default assets/face_model.npz)
 
@@ -49,6 +50,7 @@ class DataConfig:
     augment: AugmentConfig | None = None  # label-preserving augmentation (`mvf.data.augment`); null = off
     max_subjects: int | None = None  # use only the first N (after the train/val split)
     num_workers: int = 0
+    cache: bool = False  # labelled data: keep resized samples in memory after their first read
     skip_bad: bool = False  # unlabelled data: skip broken subjects with a warning
 
 
@@ -57,6 +59,7 @@ class LossWeights:
     """Loss weights; 0 switches a term off. A stage kind rejects nonzero weights it doesn't use."""
 
     landmark: float = 0.0  # 2D landmark reprojection, px (visible landmarks only)
+    landmark2d: float = 0.0  # the landmark head's 2D landmarks vs the labels, px (all 68; needs model.landmark_head)
     pose: float = 0.0  # pose parameter loss on normalised pose (paper: lambda_pose = 10)
     params: float = 0.0  # 3DMM parameter loss (id, exp), squared, per coefficient
     vertex: float = 0.0  # per-vertex distance predicted vs true shape, mm
@@ -175,6 +178,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                 raise MvfError(str(e).replace("config key '", f"config key '{where}.", 1)) from None
             if st.photo_size is not None and st.photo_size < 32:
                 raise MvfError(f"config key '{where}.photo_size': must be at least 32 px")
+    if not m.landmark_head and any(st.loss.landmark2d for st in cfg.stages):
+        raise MvfError("config key 'loss.landmark2d': needs model.landmark_head: true")
     v = cfg.validation
     if not 0.0 <= v.val_fraction < 1.0:
         raise MvfError("config key 'validation.val_fraction': must be in [0, 1)")

@@ -10,9 +10,14 @@ Sample stream of a stage: epoch ``e`` is a permutation of the stage's ``n`` item
 a generator seeded by ``(seed, stage, e)``; the stream concatenates the epochs; step ``k`` takes
 stream positions ``[k B, (k + 1) B)``; DDP rank ``r`` of ``W`` takes its ``B / W`` contiguous share
 (like ``DistributedSampler``, disjoint per step).
+
+A stage with ``max_minutes`` also ends when its (rank 0's) wall time runs out, and its cosine
+schedule follows the larger of the step and time fractions; such runs are not bit-reproducible.
+A stage with a zero budget is skipped without building its dataset.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import sys
@@ -45,8 +50,6 @@ BEST_METRIC = "rmse_mm"
 
 
 def train_columns() -> list[str]:
-    import dataclasses
-
     terms = [f.name for f in dataclasses.fields(LossWeights)]
     return ["step", "stage", "epoch", "lr", "loss", *terms, "sec_per_step"]
 
@@ -148,13 +151,13 @@ class PlannedStage:
     index: int
     cfg: StageConfig
     kind: StageKind
-    dataset: Dataset
+    dataset: Dataset | None  # None for a stage switched off with a zero budget
     n_items: int
     steps: int  # planned steps (a time budget may end the stage sooner)
 
     def epoch(self, k: int) -> float:
         """Epochs completed after ``k`` steps of this stage."""
-        return k * self.cfg.batch_size / self.n_items
+        return k * self.cfg.batch_size / self.n_items if self.n_items else 0.0
 
 
 def pick_device(name: str, info: ddp.DistInfo) -> torch.device:
@@ -226,7 +229,9 @@ class Trainer:
         np.random.seed(cfg.seed % 2 ** 32)
         random.seed(cfg.seed)
         self.face = FaceModel.load(cfg.model.face_model, device=self.device)
-        self.net = build_network(cfg.model, self.face).to(self.device)
+        # a resumed run takes its weights from the checkpoint, not from model.pretrained
+        model_cfg = dataclasses.replace(cfg.model, pretrained=None) if resume else cfg.model
+        self.net = build_network(model_cfg, self.face).to(self.device)
         self.ctx = build_context(cfg, self.device, self.net, self.face)
         self.model: torch.nn.Module = self.net
         if self.info.enabled:
@@ -276,6 +281,9 @@ class Trainer:
         plan = []
         for i, st in enumerate(self.cfg.stages):
             kind = STAGE_KINDS[st.kind]
+            if st.steps == 0 or st.epochs == 0:  # switched off (e.g. --set stages.NAME.steps=0): skipped
+                plan.append(PlannedStage(i, st, kind, None, 0, 0))
+                continue
             dataset = kind.make_dataset(DataRequest(st, self.cfg.model, exclude, seed=self.cfg.seed * 1000 + i))
             n = len(dataset)
             if n == 0:
@@ -465,7 +473,8 @@ class Trainer:
             if self.step > 0 and last_saved != self.step:
                 self.checkpoint()
             if self.step > 0 and last_validated != self.step and self.plan:
-                last_val = self.validate(self.plan[self.stage_index])
+                ran = [st for st in self.plan[: self.stage_index + 1] if st.steps > 0]
+                last_val = self.validate(ran[-1] if ran else self.plan[self.stage_index])
             if self.info.enabled:
                 self._check_sync()
         finally:

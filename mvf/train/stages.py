@@ -103,27 +103,73 @@ def supervised_dataset(req: DataRequest) -> Dataset:
         subjects = subjects[: d.max_subjects]
     if not subjects:
         raise MvfError(f"{d.root}: no training subjects left after holding out the validation split")
+    if d.cache:
+        base = SynthDataset(d.root, subjects=subjects, augment=None, views=tuple(req.model_cfg.views),
+                            size=req.model_cfg.image_size, seed=req.seed)
+        return CachedSamples(base, d.augment, req.seed)
     return SynthDataset(d.root, subjects=subjects, augment=d.augment, views=tuple(req.model_cfg.views),
                         size=req.model_cfg.image_size, seed=req.seed)
+
+
+class CachedSamples(Dataset):
+    """Keeps every sample of ``base`` (resized, not augmented) in memory after its first read;
+    augments each draw like `mvf.data.SynthDataset` (same generator from (seed, epoch, index)).
+
+    Images are kept as uint8 and masks as bool (about 110 kB per 96 px triplet), so an epoch
+    after the first skips PNG decoding and resizing. Each DataLoader worker has its own cache.
+    """
+
+    def __init__(self, base: Dataset, augment, seed: int):
+        self.base, self.augment, self.seed = base, augment, seed
+        self.epoch = 0
+        self._cache: dict[int, dict] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        from mvf.data.augment import augment_sample
+        from mvf.data.datasets import item_generator
+
+        packed = self._cache.get(i)
+        if packed is None:
+            sample = self.base[i]
+            packed = dict(sample)
+            packed["images"] = (sample["images"] * 255.0).round().to(torch.uint8)
+            packed["masks"] = sample["masks"] > 0.5
+            self._cache[i] = packed
+        sample = dict(packed)
+        sample["images"] = packed["images"].float().div(255.0)
+        sample["masks"] = packed["masks"].float()
+        if self.augment is not None:
+            sample = augment_sample(sample, self.augment, item_generator(self.seed, self.epoch, i))
+        return sample
 
 
 def supervised_terms(ctx: LossContext, out: dict, batch: dict) -> dict[str, torch.Tensor]:
     """Unweighted supervised terms for network outputs ``out`` against a labelled ``batch``.
 
     ``landmark`` px, ``pose`` normalised squared, ``params`` squared coefficients, ``vertex`` mm
-    (face region), ``prior`` (see `mvf.losses`).
+    (face region), ``prior`` (see `mvf.losses`); ``landmark2d`` px when the network has a
+    landmark head.
     """
     verts = ctx.face.decode(out["id"], out["exp"])
     gt_verts = ctx.face.decode(batch["id"], batch["exp"])
     lm = ctx.projector(verts, out["pose"])
     _, scale = ctx.pose_norm.tensors(out["pose"])
-    return {
+    terms = {
         "landmark": landmark_loss(lm, batch["landmarks"], batch["landmark_visible"]),
         "pose": pose_loss(out["pose"], batch["pose"], scale),
         "params": param_loss(out["id"], out["exp"], batch["id"], batch["exp"]),
         "vertex": vertex_loss(verts, gt_verts, ctx.region),
         "prior": coefficient_prior(out["id"], out["exp"]),
     }
+    if "landmarks" in out:  # the landmark head: every labelled point, hidden ones included
+        terms["landmark2d"] = landmark_loss(out["landmarks"], batch["landmarks"])
+    return terms
 
 
 def supervised_loss(ctx: LossContext, model: torch.nn.Module, batch: dict, weights: LossWeights,
@@ -135,7 +181,7 @@ def supervised_loss(ctx: LossContext, model: torch.nn.Module, batch: dict, weigh
 
 
 SUPERVISED = StageKind(
-    loss_terms=("landmark", "pose", "params", "vertex", "prior"),
+    loss_terms=("landmark", "landmark2d", "pose", "params", "vertex", "prior"),
     make_dataset=supervised_dataset,
     compute_loss=supervised_loss,
 )
