@@ -5,9 +5,12 @@
 * Every view goes through the same backbone (shared weights). Its feature map becomes a view
   feature: global average pooling plus a small flattened spatial branch (1x1 conv, so the
   feature still knows *where* the face is, which tx, ty and f need) and a linear layer + ReLU.
-* Optional landmark head (``model.landmark_head``): 68 heat maps on the backbone's stride-8
-  map, soft-argmax -> 2D landmarks (px), trained by the ``landmark2d`` loss; their normalised
-  coordinates join the view feature, so both heads see the face's 2D geometry explicitly.
+* Optional landmark branch (``model.landmark_head``): 68 heat maps on the backbone's stride-8
+  map, soft-argmax -> 2D landmarks (px), trained by the ``landmark2d`` loss. A geometry MLP
+  turns each view's landmarks into a geometry feature; its own fusion and heads (same kinds)
+  add their outputs to the image branch's. The ``geometry`` stage trains that branch alone
+  on landmarks of faces sampled from the 3DMM (cheap: no images), so the image stages start
+  from a network that already maps 2D landmarks to shape and pose.
 * Fusion of the view features for the 3DMM head: ``concat`` (the paper's; exactly the views
   front, left, right in that order), ``mean`` or ``attention`` (softmax-weighted sum, any
   number of views including one).
@@ -34,7 +37,8 @@ from mvf.train.config import ModelConfig
 from mvf.views import VIEWS
 
 FACE_FILL = 0.6  # zero pose output: the mean face's 68-landmark box side is 60% of the image
-VIEW_FEATURES = 512  # width of a view feature
+VIEW_FEATURES = 512  # width of a view's image feature
+GEO_FEATURES = 256  # width of a view's landmark-geometry feature
 N_LANDMARKS = 68
 
 
@@ -110,7 +114,6 @@ class ViewEncoder(nn.Module):
             self.landmark_head = nn.Sequential(
                 nn.Conv2d(mid, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
                 nn.Conv2d(64, N_LANDMARKS, 1))
-            n_in += 2 * N_LANDMARKS
         self.proj = nn.Sequential(nn.Linear(n_in, VIEW_FEATURES), nn.ReLU(inplace=True))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -125,9 +128,23 @@ class ViewEncoder(nn.Module):
         parts = [fmap.mean((2, 3))]
         if self.spatial is not None:
             parts.append(self.spatial(fmap).flatten(1))
-        if landmarks is not None:
-            parts.append((2.0 * landmarks / images.shape[-1] - 1.0).flatten(1))
         return self.proj(torch.cat(parts, 1)), landmarks
+
+
+class GeometryEncoder(nn.Module):
+    """2D landmarks -> a view's geometry feature: ``(N, 68, 2)`` px -> ``(N, GEO_FEATURES)``.
+
+    Coordinates are normalised to [-1, 1] over the ``image_size`` px image first.
+    """
+
+    def __init__(self, image_size: int):
+        super().__init__()
+        self.image_size = image_size
+        self.mlp = nn.Sequential(nn.Linear(2 * N_LANDMARKS, GEO_FEATURES), nn.ReLU(inplace=True),
+                                 nn.Linear(GEO_FEATURES, GEO_FEATURES), nn.ReLU(inplace=True))
+
+    def forward(self, landmarks: torch.Tensor) -> torch.Tensor:
+        return self.mlp((2.0 * landmarks / self.image_size - 1.0).flatten(1))
 
 
 def soft_argmax(logits: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -200,6 +217,12 @@ class MVFNet(nn.Module):
         self.fusion = Fusion(cfg.fusion, VIEW_FEATURES)
         self.head_3dmm = _mlp(self.fusion.out_features, cfg.hidden, cfg.n_id + cfg.n_exp)
         self.head_pose = _mlp(VIEW_FEATURES, 256, 6)
+        self.geometry = None
+        if cfg.landmark_head:  # the landmark-geometry branch: its outputs add to the image branch's
+            self.geometry = GeometryEncoder(cfg.image_size)
+            self.geo_fusion = Fusion(cfg.fusion, GEO_FEATURES)
+            self.geo_head_3dmm = _mlp(self.geo_fusion.out_features, cfg.hidden, cfg.n_id + cfg.n_exp)
+            self.geo_head_pose = _mlp(GEO_FEATURES, 256, 6)
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -217,9 +240,17 @@ class MVFNet(nn.Module):
         elif n_views < 1:
             raise MvfError("need at least one view")
 
-    def forward(self, images: torch.Tensor, views: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor | None, views: tuple[str, ...] | None = None,
+                landmarks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``images (B, V, 3, S, S)`` in [0, 1] -> id ``(B, n_id)``, exp ``(B, n_exp)``, pose ``(B, V, 6)``
-        and, with ``model.landmark_head``, ``landmarks (B, V, 68, 2)`` px."""
+        and, with ``model.landmark_head``, ``landmarks (B, V, 68, 2)`` px (the head's).
+
+        ``landmarks`` instead of images (``images=None``, landmark-head networks only) runs the
+        geometry branch alone on given 2D landmarks ``(B, V, 68, 2)`` px: the image branch then
+        contributes nothing (the ``geometry`` stage trains it so, from sampled faces).
+        """
+        if images is None:
+            return self._from_landmarks(landmarks, views)
         if images.dim() != 5 or images.shape[2] != 3:
             raise MvfError(f"images must be (B, V, 3, H, W), got {tuple(images.shape)}")
         b, v, _, h, w = images.shape
@@ -227,14 +258,32 @@ class MVFNet(nn.Module):
         if (h, w) != (s, s):
             raise MvfError(f"images are {w}x{h} px but this network takes {s}x{s}")
         self.check_views(views, v)
-        feats, landmarks = self.encoder(images.reshape(b * v, 3, h, w))
+        feats, lm = self.encoder(images.reshape(b * v, 3, h, w))
         feats = feats.reshape(b, v, -1)
         coeffs = self.head_3dmm(self.fusion(feats))
         raw_pose = self.head_pose(feats)
+        if self.geometry is not None:
+            lm = lm.reshape(b, v, N_LANDMARKS, 2)
+            geo_coeffs, geo_pose = self._geometry_heads(lm)
+            coeffs, raw_pose = coeffs + geo_coeffs, raw_pose + geo_pose
         out = self.decode(coeffs, raw_pose)
-        if landmarks is not None:
-            out["landmarks"] = landmarks.reshape(b, v, N_LANDMARKS, 2)
+        if self.geometry is not None:
+            out["landmarks"] = lm
         return out
+
+    def _geometry_heads(self, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, v = landmarks.shape[:2]
+        geo = self.geometry(landmarks.reshape(b * v, N_LANDMARKS, 2)).reshape(b, v, -1)
+        return self.geo_head_3dmm(self.geo_fusion(geo)), self.geo_head_pose(geo)
+
+    def _from_landmarks(self, landmarks: torch.Tensor | None, views) -> dict[str, torch.Tensor]:
+        if self.geometry is None:
+            raise MvfError("this network has no landmark head (model.landmark_head: false)")
+        if landmarks is None or landmarks.dim() != 4 or landmarks.shape[2:] != (N_LANDMARKS, 2):
+            raise MvfError("landmarks must be (B, V, 68, 2)")
+        self.check_views(views, landmarks.shape[1])
+        coeffs, raw_pose = self._geometry_heads(landmarks)
+        return self.decode(coeffs, raw_pose)
 
     def decode(self, coeffs: torch.Tensor, raw_pose: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw head outputs ``(B, n_id + n_exp)``, ``(B, V, 6)`` -> the output dict."""

@@ -92,10 +92,10 @@ def test_yaml_file_errors(tmp_path):
 
 
 # ----------------------------------------------------------------------------- training configs
-@pytest.mark.parametrize("name", ["paper", "cpu", "smoke"])
+@pytest.mark.parametrize("name", ["paper", "cpu", "cpu_front", "smoke", "selfsup_smoke"])
 def test_shipped_configs_load(name):
     cfg = load_train_config(CONFIGS / f"{name}.yaml")
-    assert isinstance(cfg, TrainConfig) and cfg.stages and cfg.stages[0].kind == "supervised"
+    assert isinstance(cfg, TrainConfig) and any(st.kind == "supervised" for st in cfg.stages)
 
 
 def test_paper_config_has_the_paper_hyperparameters():
@@ -105,9 +105,14 @@ def test_paper_config_has_the_paper_hyperparameters():
     assert sup.lr == 1e-5 and sup.batch_size == 12 and sup.loss.pose == 10.0
 
 
-def test_front_only_variant_by_override():
-    cfg = load_train_config(CONFIGS / "cpu.yaml", ["model.fusion=mean", "model.views=[front]"])
-    assert cfg.model.views == ["front"] and cfg.model.fusion == "mean"
+def test_front_only_config_differs_from_cpu_only_in_views():
+    """configs/cpu_front.yaml is cpu.yaml with one view: same backbone, size and supervised budgets."""
+    import dataclasses
+
+    cpu, front = load_train_config(CONFIGS / "cpu.yaml"), load_train_config(CONFIGS / "cpu_front.yaml")
+    assert front.model.views == ["front"] and front.model.fusion == "mean"
+    assert dataclasses.replace(front.model, views=cpu.model.views, fusion=cpu.model.fusion) == cpu.model
+    assert front.stages == [st for st in cpu.stages if st.kind != "self_supervised"]
 
 
 def _write(tmp_path, text: str) -> Path:
@@ -128,6 +133,9 @@ def _write(tmp_path, text: str) -> Path:
     ("model: {fusion: mean, views: [top]}\nstages: [{name: s, steps: 5}]\n", [], "unknown view 'top'"),
     ("stages: [{name: s, steps: 5}]\n", ["stages.s.loss.vertex=-1"], "weights must be >= 0"),
     ("stages: [{name: s, steps: 5}]\n", ["stages.s.lr=fast"], "expected a number"),
+    ("model: {fusion: mean, views: [front]}\npictures_every: 10\nstages: [{name: s, steps: 5}]\n", [],
+     "cross-view warps, which need two or more views"),
+    ("stages: [{name: s, steps: 5, kind: geometry, landmark_noise_px: -1}]\n", [], "landmark_noise_px': must be >= 0"),
 ])
 def test_bad_training_configs(tmp_path, text, overrides, match):
     path = _write(tmp_path, text)

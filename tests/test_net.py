@@ -192,3 +192,35 @@ def test_landmark_head_outputs_and_gradients(face, backbone):
     head = net.encoder.landmark_head[-1].weight.grad
     assert head is not None and head.abs().sum() > 0
     assert "landmarks" not in _net(face, image_size=64, fusion="mean", hidden=32)(x)
+
+
+@pytest.mark.parametrize("fusion,n_views", [("concat", 3), ("mean", 1), ("attention", 5)])
+def test_geometry_branch_from_landmarks_alone(face, fusion, n_views):
+    """``net(None, landmarks=...)`` runs the geometry branch only (the image branch gets no
+    gradient), and the image path adds that branch's outputs on the head's own landmarks."""
+    torch.manual_seed(0)
+    net = _net(face, image_size=64, fusion=fusion, hidden=32, landmark_head=True).train()
+    with torch.no_grad():  # the heads' last layers start at zero: give the geometry heads weights
+        for head in (net.geo_head_3dmm, net.geo_head_pose):
+            head[-1].weight.normal_(0, 0.01)
+    lm = 64 * torch.rand(2, n_views, 68, 2)
+    out = net(None, landmarks=lm)
+    assert out["id"].shape == (2, net.cfg.n_id) and out["pose"].shape == (2, n_views, 6)
+    (out["id"].sum() + out["pose"].sum()).backward()
+    assert net.geometry.mlp[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.encoder.parameters())
+    x = torch.rand(2, n_views, 3, 64, 64)
+    with torch.no_grad():  # image heads still zero: the full output is the geometry branch's
+        full = net.eval()(x)
+        geo = net(None, landmarks=full["landmarks"])
+    assert not torch.allclose(geo["id"], torch.zeros_like(geo["id"]))
+    for k in ("id", "exp", "pose"):
+        assert torch.allclose(full[k], geo[k], atol=1e-6)
+
+
+def test_landmark_input_errors(face):
+    with pytest.raises(MvfError, match="no landmark head"):
+        _net(face, image_size=64, fusion="mean", hidden=32)(None, landmarks=torch.zeros(1, 1, 68, 2))
+    net = _net(face, image_size=64, fusion="mean", hidden=32, landmark_head=True)
+    with pytest.raises(MvfError, match=r"landmarks must be \(B, V, 68, 2\)"):
+        net(None, landmarks=torch.zeros(1, 1, 5, 2))

@@ -51,6 +51,26 @@ def mean_face_rmse(ds, ctx) -> float:
     return sum(errs) / len(errs)
 
 
+def landmark_branch_diagnostics(net, loader, ctx) -> dict:
+    """For networks with a landmark branch: the landmark head's own 2D error (px, model input)
+    and the rigid vertex RMSE (mm) the geometry branch reaches when fed the *true* 2D landmarks,
+    an upper bound on what better landmarks alone could give."""
+    import torch
+
+    from mvf.align import aligned_rmse
+
+    head_err, oracle = [], []
+    with torch.no_grad():
+        for batch in loader:
+            out = net(batch["images"])
+            head_err.append((out["landmarks"] - batch["landmarks"]).norm(dim=-1).mean((1, 2)))
+            geo = net(None, landmarks=batch["landmarks"])
+            gt = ctx.face.decode(batch["id"], batch["exp"])
+            oracle.append(aligned_rmse(ctx.face.decode(geo["id"], geo["exp"]), gt, ctx.region))
+    return {"landmark_head_px": float(torch.cat(head_err).mean()),
+            "oracle_landmarks_rmse_mm": float(torch.cat(oracle).mean())}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="checkpoint (.pt) from `mvf train`")
@@ -114,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         "inference_ms_per_triplet": 1000.0 * float(np.median(times)) if times else float("nan"),
         "threads": torch.get_num_threads(),
     }
+    if getattr(model.net, "geometry", None) is not None:
+        report.update(landmark_branch_diagnostics(model.net, loader, ctx))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -131,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         ("inference per triplet (ms)", report["inference_ms_per_triplet"]),
         ("reference: mean face, rigid RMSE (mm)", report["mean_face_rmse_mm"]),
     ]
+    if "oracle_landmarks_rmse_mm" in report:
+        rows += [(f"landmark head's 2D error, {cfg.model.image_size} px input (px)", report["landmark_head_px"]),
+                 ("reference: geometry branch on the true 2D landmarks, rigid RMSE (mm)",
+                  report["oracle_landmarks_rmse_mm"])]
     width = max(len(r[0]) for r in rows)
     print(f"| {'metric':<{width}} | value |\n|{'-' * (width + 2)}|------:|")
     for name, value in rows:

@@ -2,8 +2,9 @@
 
 1. build the face-model asset (done by `make setup`; repeated here only if missing);
 2. synthesise a small dataset and a held-out triplet;
-3. train configs/cpu.yaml briefly (capped with --steps MAIN_STEPS; the full config trains for
-   30 minutes);
+3. train configs/cpu.yaml briefly: its stages shortened to GEOMETRY_STEPS geometry,
+   MVF_MAIN_STEPS supervised (default 150) and SELFSUP_STEPS self-supervised steps, and capped
+   with --steps at their sum (the full config trains for ~25 minutes);
 4. reconstruct the held-out synthetic triplet with the trained network;
 5. export the mesh;
 6. write the per-view visibility renders and a short report (landmark px, RMSE mm vs the truth);
@@ -20,7 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "out"
-MAIN_STEPS = int(os.environ.get("MVF_MAIN_STEPS", "60"))  # documented cap for `make run`
+MAIN_STEPS = int(os.environ.get("MVF_MAIN_STEPS", "150"))  # supervised steps of `make run`
+GEOMETRY_STEPS = 300  # the geometry stage of `make run` (~0.1 s a step)
+SELFSUP_STEPS = 10  # the self-supervised stage of `make run`
 TRAIN_SUBJECTS = 96
 HELD_OUT_SEED = 4242
 TRIPLET = ROOT.parent / "shared" / "samples" / "triplet-1"
@@ -68,9 +71,12 @@ def main() -> None:
     mvf("synth", "--out", str(held), "--subjects", "2", "--seed", str(HELD_OUT_SEED), "--size", "96", "--quiet")
     run = OUT / "runs" / "cpu"
     shutil.rmtree(run, ignore_errors=True)  # a fresh short run each time (the config may have changed)
-    mvf("train", "--config", "configs/cpu.yaml", "--out", str(run), "--steps", str(MAIN_STEPS),
-        "--set", f"validation.root={data}", "--set", f"stages.supervised.data.root={data}",
-        "--set", f"stages.self_supervised.data.root={data}",
+    total = GEOMETRY_STEPS + MAIN_STEPS + SELFSUP_STEPS
+    mvf("train", "--config", "configs/cpu.yaml", "--out", str(run), "--steps", str(total),
+        "--set", f"stages.geometry.steps={GEOMETRY_STEPS}", "--set", f"stages.supervised.steps={MAIN_STEPS}",
+        "--set", f"stages.self_supervised.steps={SELFSUP_STEPS}",
+        "--set", f"validation.root={data}", "--set", f"stages.geometry.data.root={data}",
+        "--set", f"stages.supervised.data.root={data}", "--set", f"stages.self_supervised.data.root={data}",
         "--set", "validation.every_steps=30", "--set", "checkpoint_every=30", "--quiet")
     subject = sorted(p for p in held.iterdir() if p.is_dir())[0]
     recon = OUT / "recon_synth"

@@ -1,7 +1,7 @@
 """Training configuration: dataclasses loaded from YAML by `mvf.config.load_config`.
 
 A config is a model, a validation set and an ordered list of stages. A stage is a name, a kind
-(a key of `mvf.train.stages.STAGE_KINDS`: ``supervised`` here, ``self_supervised`` next), its
+(a key of `mvf.train.stages.STAGE_KINDS`: ``geometry``, ``supervised``, ``self_supervised``), its
 data, loss weights, optimiser settings and a step budget (``steps`` or ``epochs``).
 
 Unknown keys are errors; `load_train_config` also checks the cross-field rules (one budget per
@@ -89,6 +89,9 @@ class StageConfig:
     max_minutes: float | None = None  # also end the stage after this much training time; the
     # schedule then follows max(step fraction, time fraction). Not bit-reproducible (load-dependent).
     reset_optimizer: bool = True  # fresh Adam state when this stage starts
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes this stage leaves
+    # unchanged, e.g. [geometry, geo_] (see `mvf.net.MVFNet`)
+    landmark_noise_px: float = 1.5  # geometry stages: Gaussian noise on the input landmarks, px
     # self_supervised stages only (`mvf.train.selfsup_stage`; other kinds ignore these):
     cross_view: CrossViewConfig = field(default_factory=CrossViewConfig)  # mask erosion, distance
     flow: FlowConfig = field(default_factory=FlowConfig)  # the flow estimator F (alignment loss)
@@ -159,6 +162,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise MvfError(f"config key '{where}': give exactly one of 'steps' and 'epochs'")
         if (st.steps is not None and st.steps < 0) or (st.epochs is not None and st.epochs < 0):
             raise MvfError(f"config key '{where}': the step budget must be >= 0")
+        if st.landmark_noise_px < 0:
+            raise MvfError(f"config key '{where}.landmark_noise_px': must be >= 0")
         if st.max_minutes is not None and st.max_minutes <= 0:
             raise MvfError(f"config key '{where}.max_minutes': must be > 0")
         if st.batch_size < 1 or st.lr <= 0 or len(st.betas) != 2:
@@ -187,6 +192,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise MvfError("config keys 'checkpoint_every'/'log_every': must be >= 1")
     if cfg.pictures_every is not None and cfg.pictures_every < 1:
         raise MvfError("config key 'pictures_every': must be >= 1 (or null: off)")
+    if cfg.pictures_every is not None and len(m.views) < 2:
+        raise MvfError("config key 'pictures_every': the picture sheets show cross-view warps, which need "
+                       "two or more views (set it to null)")
     return cfg
 
 

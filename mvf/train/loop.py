@@ -238,7 +238,9 @@ class Trainer:
             # depthwise convs' grads come in another memory layout than DDP's buckets: harmless
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             self.model = torch.nn.parallel.DistributedDataParallel(
-                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                # a geometry stage leaves the image branch out of the graph
+                find_unused_parameters=cfg.model.landmark_head)
 
         _, self.val_subjects = split_validation(cfg)
         exclude = {resolved(cfg.validation.root): set(self.val_subjects)}
@@ -252,6 +254,7 @@ class Trainer:
         self.best: dict = {"metric": BEST_METRIC, "value": None, "step": None}
         self.optimizer: torch.optim.Optimizer | None = None
         self.opt_stage: int | None = None
+        self._frozen: list[torch.nn.Parameter] = []
         self._resume_opt: tuple[int, dict] | None = None
         if resume_ckpt is not None:
             self._restore(resume_ckpt, last)
@@ -327,8 +330,13 @@ class Trainer:
         """Make the Adam optimiser for ``stage`` (fresh, kept from the previous stage, or resumed)."""
         c = stage.cfg
         keep = self.optimizer is not None and not c.reset_optimizer
+        frozen = tuple(c.freeze)
+        params = [p for name, p in self.net.named_parameters() if not (frozen and name.startswith(frozen))]
+        if not params:
+            raise MvfError(f"stage '{c.name}': 'freeze' {list(c.freeze)} leaves no parameter to train")
+        self._frozen = [p for name, p in self.net.named_parameters() if frozen and name.startswith(frozen)]
         if not keep:
-            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=c.lr, betas=tuple(c.betas),
+            self.optimizer = torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas),
                                               weight_decay=c.weight_decay)
             if self._resume_opt is not None:
                 opt_stage, state = self._resume_opt
@@ -359,6 +367,8 @@ class Trainer:
         total, terms = stage.kind.compute_loss(self.ctx, self.model, batch, stage.cfg.loss, stage.cfg)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        for p in self._frozen:  # a frozen part may still pass gradients on, but never moves
+            p.grad = None
         if stage.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), stage.cfg.grad_clip)
         self.optimizer.step()

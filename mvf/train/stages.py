@@ -20,7 +20,7 @@ from mvf.facemodel import FaceModel
 from mvf.losses import (LandmarkProjector, coefficient_prior, landmark_loss, param_loss,
                         pose_loss, vertex_loss)
 from mvf.net import PoseNorm
-from mvf.train import selfsup_stage
+from mvf.train import geometry_stage, selfsup_stage
 from mvf.train.config import LossWeights, ModelConfig, StageConfig
 
 
@@ -186,7 +186,14 @@ SUPERVISED = StageKind(
     compute_loss=supervised_loss,
 )
 
+GEOMETRY = StageKind(
+    loss_terms=geometry_stage.LOSS_TERMS,
+    make_dataset=geometry_stage.geometry_dataset,
+    compute_loss=geometry_stage.geometry_loss,
+)
+
 STAGE_KINDS: dict[str, StageKind] = {
+    "geometry": GEOMETRY,
     "supervised": SUPERVISED,
     "self_supervised": StageKind(selfsup_stage.LOSS_TERMS, selfsup_stage.selfsup_dataset,
                                  selfsup_stage.selfsup_loss),

@@ -1,0 +1,127 @@
+"""The ``geometry`` stage kind: train the landmark-geometry branch on faces sampled from the 3DMM.
+
+No images: each sample is a face (identity, expression) and three view poses drawn exactly as
+`mvf synth` draws them (`mvf.data.sampling`, with the generator settings stored in the stage's
+dataset ``index.json``, or the defaults when ``data.root`` holds no dataset). The views are
+framed like the renders (the 68-landmark box fills the drawn fraction of the image, see
+`frame_views`) and their 2D landmarks, plus Gaussian noise of ``landmark_noise_px`` (the
+landmark head's future error), go into the network's geometry branch
+(``net(None, landmarks=...)``). Losses, as in the supervised stage: ``vertex`` (mm), ``params``,
+``pose`` (normalised) and ``landmark`` (reprojection against the clean landmarks, px).
+
+A sample costs a 3DMM decode and a contour search, not a render, so this stage sees hundreds
+of thousands of faces in minutes and the image stages start from a network that already turns
+2D landmarks into shape and pose. Needs ``model.landmark_head: true``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mvf.errors import MvfError
+from mvf.losses import coefficient_prior, landmark_loss, param_loss, pose_loss, vertex_loss
+from mvf.views import VIEWS
+
+LOSS_TERMS = ("vertex", "params", "pose", "landmark", "prior")
+VIRTUAL_ITEMS = 1_000_000  # the stream of sampled faces is indexed 0 .. VIRTUAL_ITEMS - 1
+
+
+def synth_config_for(root: str | Path):
+    """The generator settings of the dataset at ``root`` (its index.json), else the defaults."""
+    from mvf.config import from_dict
+    from mvf.data.config import SynthConfig
+
+    index = Path(root) / "index.json"
+    if not index.is_file():
+        return SynthConfig()
+    try:
+        settings = json.loads(index.read_text())["generator"]
+        return from_dict(SynthConfig, settings, "generator")
+    except (OSError, ValueError, KeyError, TypeError, MvfError) as e:
+        raise MvfError(f"{index}: unreadable generator settings ({e})") from None
+
+
+class FaceDraws(Dataset):
+    """Item ``i``: a face and view draw from ``SeedSequence([seed, i])``.
+
+    Yields ``id`` (n_id,), ``exp`` (n_exp,), ``angles`` (V, 3) rad, ``fill`` (V,) and ``shift``
+    (V, 2) for the requested views (of front, left, right).
+    """
+
+    def __init__(self, synth_cfg, n_id: int, exp_names: list[str], views=VIEWS, seed: int = 0,
+                 length: int = VIRTUAL_ITEMS):
+        self.cfg, self.n_id, self.exp_names = synth_cfg, n_id, list(exp_names)
+        self.view_ids = [VIEWS.index(v) for v in views]
+        self.seed, self.length = seed, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        from mvf.data.sampling import sample_expression, sample_identity, sample_views
+
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(i)]))
+        idc = sample_identity(self.cfg.identity, self.n_id, rng)
+        exp = sample_expression(self.cfg.expression, self.exp_names, rng)
+        angles, fill, shift = sample_views(self.cfg, rng)
+        v = self.view_ids
+        return {"id": torch.from_numpy(idc), "exp": torch.from_numpy(exp),
+                "angles": torch.from_numpy(angles[v]), "fill": torch.from_numpy(fill[v]),
+                "shift": torch.from_numpy(shift[v])}
+
+
+def frame_views(projector, verts: torch.Tensor, angles: torch.Tensor, fill: torch.Tensor,
+                shift: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Poses and landmarks of views framed like the synthetic renders.
+
+    The scale and offset put the square box around a view's 68 projected landmarks at
+    ``fill`` of the ``size`` px image, its centre at ``size * (0.5 + shift)``.
+
+    Args: verts ``(B, N, 3)`` mm; angles ``(B, V, 3)`` rad; fill ``(B, V)``; shift ``(B, V, 2)``.
+    Returns: poses ``(B, V, 6)`` and landmarks ``(B, V, 68, 2)`` px.
+    """
+    b, v = angles.shape[:2]
+    ones = torch.ones(b, v, 1, dtype=verts.dtype, device=verts.device)
+    pose0 = torch.cat([ones, angles, torch.zeros_like(ones), torch.zeros_like(ones)], -1)
+    lm0 = projector(verts, pose0)  # (B, V, 68, 2) with f = 1, t = 0
+    lo, hi = lm0.min(2).values, lm0.max(2).values
+    f = fill * size / (hi - lo).max(-1).values
+    t = size * (0.5 + shift) - f[..., None] * (lo + hi) / 2
+    poses = torch.cat([f[..., None], angles, t], -1)
+    return poses, lm0 * f[..., None, None] + t[:, :, None]
+
+
+def geometry_dataset(req) -> Dataset:
+    """Sampled faces with the generator settings of the stage's data root."""
+    if not req.model_cfg.landmark_head:
+        raise MvfError(f"stage '{req.stage.name}': a geometry stage needs model.landmark_head: true")
+    from mvf.facemodel import FaceModel
+
+    face = FaceModel.load(req.model_cfg.face_model)
+    return FaceDraws(synth_config_for(req.stage.data.root), face.n_id, face.exp_names,
+                     views=tuple(req.model_cfg.views), seed=req.seed)
+
+
+def geometry_loss(ctx, model: torch.nn.Module, batch: dict, weights, stage
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    size = ctx.model_cfg.image_size
+    with torch.no_grad():
+        gt_verts = ctx.face.decode(batch["id"], batch["exp"])
+        poses, lm = frame_views(ctx.projector, gt_verts, batch["angles"], batch["fill"], batch["shift"], size)
+        noisy = lm + stage.landmark_noise_px * torch.randn_like(lm)
+    out = model(None, landmarks=noisy)
+    verts = ctx.face.decode(out["id"], out["exp"])
+    _, scale = ctx.pose_norm.tensors(out["pose"])
+    terms = {
+        "vertex": vertex_loss(verts, gt_verts, ctx.region),
+        "params": param_loss(out["id"], out["exp"], batch["id"], batch["exp"]),
+        "pose": pose_loss(out["pose"], poses, scale),
+        "landmark": landmark_loss(ctx.projector(verts, out["pose"]), lm),
+        "prior": coefficient_prior(out["id"], out["exp"]),
+    }
+    total = sum(getattr(weights, k) * v for k, v in terms.items())
+    return total, terms
