@@ -11,6 +11,8 @@ learning rate (Adam, constant), seed and network:
   (c) self-supervised, flow only         } (configs/synth_shifted.yaml: other lights, albedo,
   (d) photometric + flow + landmarks     } backgrounds, expressions, yaw 50-80 deg), landmarks =
                                            its 2D ground truth (a landmark file's stand-in)
+  (e) landmarks only (a control, not run by default: ``--arms abcde``): what (d) owes to the
+      2D landmarks rather than to the photometric and flow terms
 
 (b)-(d) also carry the coefficient prior. Each arm, and the start, is evaluated on a held-out
 set of the shifted domain: vertex RMSE mm (rigid alignment, face region; also similarity),
@@ -44,6 +46,7 @@ ARMS = {
     "b": "self-sup photometric",
     "c": "self-sup flow",
     "d": "self-sup photo + flow + landmarks",
+    "e": "self-sup landmarks only (control)",
 }
 
 
@@ -55,7 +58,7 @@ def ensure_shifted(path: Path, subjects: int, seed: int, size: int) -> None:
     cmd = [sys.executable, "-m", "mvf", "synth", "--config", str(ROOT / "configs" / "synth_shifted.yaml"),
            "--out", str(path), "--subjects", str(subjects), "--seed", str(seed), "--size", str(size), "--quiet"]
     print("generating:", " ".join(cmd[2:]), file=sys.stderr, flush=True)
-    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+    if subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr).returncode != 0:
         sys.exit(f"bench_ablation: `mvf synth` failed for {path}")
 
 
@@ -69,7 +72,7 @@ def stored_size(root: Path, default: int) -> int:
 
 def arm_stage(arm: str, sup, args, train_root: Path):
     """The one stage an arm trains: a copy of the checkpoint's supervised stage for (a), a
-    self_supervised stage on the shifted triplets for (b)-(d)."""
+    self_supervised stage on the shifted triplets for (b)-(e)."""
     from mvf.train.config import DataConfig, LossWeights, StageConfig
 
     common = dict(lr=args.lr, schedule="constant", warmup_steps=0, batch_size=args.batch, steps=args.steps,
@@ -82,7 +85,8 @@ def arm_stage(arm: str, sup, args, train_root: Path):
         stage.data.max_subjects = None
         return stage
     w = {"b": dict(photometric=args.w_photo), "c": dict(flow=args.w_flow),
-         "d": dict(photometric=args.w_photo, flow=args.w_flow, landmark=args.w_landmark)}[arm]
+         "d": dict(photometric=args.w_photo, flow=args.w_flow, landmark=args.w_landmark),
+         "e": dict(landmark=args.w_landmark)}[arm]
     return StageConfig(name=f"{arm}_self_supervised", kind="self_supervised", data=DataConfig(root=str(train_root)),
                        loss=LossWeights(prior=args.w_prior, **w), **common)
 
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="batch size of every arm (default 8)")
     ap.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of every arm (default 1e-4)")
     ap.add_argument("--w-photo", type=float, default=1.0, help="photometric weight, (b) and (d)")
-    ap.add_argument("--w-flow", type=float, default=0.05, help="flow alignment weight, (c) and (d)")
+    ap.add_argument("--w-flow", type=float, default=0.01,
+                    help="flow alignment weight, (c) and (d) (default 0.01: at 0.05 flow alone drifted off)")
     ap.add_argument("--w-landmark", type=float, default=0.05, help="landmark weight (px), (d)")
     ap.add_argument("--w-prior", type=float, default=0.025, help="coefficient prior weight, (b)-(d)")
     ap.add_argument("--train-subjects", type=int, default=240, help="shifted unlabelled triplets")
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=None,
                     help="px the shifted sets are rendered at (default: as the supervised data)")
     ap.add_argument("--cache", default=str(ROOT / "data" / "bench"), help="folder of the shifted sets")
-    ap.add_argument("--arms", default="abcd", help="which arms to run (default abcd)")
+    ap.add_argument("--arms", default="abcd", help="which arms to run (default abcd; e: landmarks-only control)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.steps < 1 or args.batch < 1 or not set(args.arms) <= set(ARMS):
-        sys.exit("bench_ablation: need --steps >= 1, --batch >= 1 and --arms from 'abcd'")
+        sys.exit("bench_ablation: need --steps >= 1, --batch >= 1 and --arms from 'abcde'")
     try:
         start = load_model(args.checkpoint)
         ckpt = ckpt_io.load_checkpoint(args.checkpoint)

@@ -32,7 +32,7 @@ def ensure_heldout(path: Path, subjects: int, seed: int, size: int) -> None:
     cmd = [sys.executable, "-m", "mvf", "synth", "--out", str(path), "--subjects", str(subjects),
            "--seed", str(seed), "--size", str(size)]
     print("generating the held-out set:", " ".join(cmd[2:]), file=sys.stderr, flush=True)
-    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+    if subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr).returncode != 0:
         sys.exit(f"bench_accuracy: `mvf synth` failed for {path}")
 
 

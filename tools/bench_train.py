@@ -59,7 +59,9 @@ def bench_config(name: str, data: Path, steps: int, threads: int | None) -> list
             b, v = stage.cfg.batch_size, len(cfg.model.views)
             rows.append({"config": name, "stage": stage.cfg.name, "kind": stage.cfg.kind,
                          "backbone": cfg.model.backbone, "image_size": cfg.model.image_size,
-                         "views": v, "batch_size": b, "sec_per_step": sec, "images_per_sec": b * v / sec,
+                         "views": v, "batch_size": b, "sec_per_step": sec,
+                         # a geometry stage reads no images (2D landmarks of sampled faces)
+                         "images_per_sec": None if stage.cfg.kind == "geometry" else b * v / sec,
                          "threads": torch.get_num_threads(), "timed_steps": len(times)})
     return rows
 
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         ratio = "-" if r["vs_supervised"] is None else f"{r['vs_supervised']:.2f}"
         print(f"| {r['config']} | {r['stage']} | {r['kind']} | {r['backbone']} | {r['image_size']} | "
-              f"{r['views']} x {r['batch_size']} | {r['sec_per_step']:.3f} | {r['images_per_sec']:.1f} | {ratio} |")
+              f"{r['views']} x {r['batch_size']} | {r['sec_per_step']:.3f} | "
+              f"{'-' if r['images_per_sec'] is None else format(r['images_per_sec'], '.1f')} | {ratio} |")
     return 0
 
 
