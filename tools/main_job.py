@@ -3,7 +3,7 @@
 1. build the face-model asset (done by `make setup`; repeated here only if missing);
 2. synthesise a small dataset and a held-out triplet;
 3. train configs/cpu.yaml briefly: its stages shortened to GEOMETRY_STEPS geometry,
-   MVF_MAIN_STEPS supervised (default 150) and SELFSUP_STEPS self-supervised steps, and capped
+   MVF_MAIN_STEPS supervised (default 400) and SELFSUP_STEPS self-supervised steps, and capped
    with --steps at their sum (the full config trains for ~25 minutes);
 4. reconstruct the held-out synthetic triplet with the trained network;
 5. export the mesh;
@@ -21,10 +21,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "out"
-MAIN_STEPS = int(os.environ.get("MVF_MAIN_STEPS", "150"))  # supervised steps of `make run`
-GEOMETRY_STEPS = 300  # the geometry stage of `make run` (~0.1 s a step)
+MAIN_STEPS = int(os.environ.get("MVF_MAIN_STEPS", "400"))  # supervised steps of `make run`
+GEOMETRY_STEPS = 1000  # the geometry stage of `make run` (~0.1 s a step)
 SELFSUP_STEPS = 10  # the self-supervised stage of `make run`
-TRAIN_SUBJECTS = 96
+TRAIN_SUBJECTS = 400
+HELD_OUT_SUBJECTS = 8
 HELD_OUT_SEED = 4242
 TRIPLET = ROOT.parent / "shared" / "samples" / "triplet-1"
 
@@ -62,13 +63,24 @@ def report(recon: Path, subject_dir: Path) -> dict:
     return {"vertex_rmse_mm": rmse, "mean_face_rmse_mm": mean_rmse, "landmark_px": lm_px}
 
 
+def heldout_accuracy(checkpoint: Path, held: Path) -> dict:
+    """`tools/bench_accuracy.py --json` on the held-out folder."""
+    cmd = [sys.executable, str(ROOT / "tools" / "bench_accuracy.py"), "--checkpoint", str(checkpoint),
+           "--data", str(held), "--subjects", str(HELD_OUT_SUBJECTS), "--size", "96", "--timing-runs", "2", "--json"]
+    print("\n$ " + " ".join(cmd[1:]), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"make run: step failed: bench_accuracy: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout)
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
     if not (ROOT / "assets" / "face_model.npz").is_file():
         mvf("build-model")
     data, held = OUT / "data" / "synth", OUT / "data" / "heldout"
     mvf("synth", "--out", str(data), "--subjects", str(TRAIN_SUBJECTS), "--seed", "0", "--size", "96", "--quiet")
-    mvf("synth", "--out", str(held), "--subjects", "2", "--seed", str(HELD_OUT_SEED), "--size", "96", "--quiet")
+    mvf("synth", "--out", str(held), "--subjects", str(HELD_OUT_SUBJECTS), "--seed", str(HELD_OUT_SEED), "--size", "96", "--quiet")
     run = OUT / "runs" / "cpu"
     shutil.rmtree(run, ignore_errors=True)  # a fresh short run each time (the config may have changed)
     total = GEOMETRY_STEPS + MAIN_STEPS + SELFSUP_STEPS
@@ -77,18 +89,24 @@ def main() -> None:
         "--set", f"stages.self_supervised.steps={SELFSUP_STEPS}",
         "--set", f"validation.root={data}", "--set", f"stages.geometry.data.root={data}",
         "--set", f"stages.supervised.data.root={data}", "--set", f"stages.self_supervised.data.root={data}",
-        "--set", "validation.every_steps=30", "--set", "checkpoint_every=30", "--quiet")
+        "--set", "validation.every_steps=200", "--set", "checkpoint_every=200", "--quiet")
     subject = sorted(p for p in held.iterdir() if p.is_dir())[0]
     recon = OUT / "recon_synth"
     mvf("reconstruct", "--checkpoint", str(run / "last.pt"), "--images", str(subject), "--out", str(recon))
     mvf("export", "--params", str(recon / "params.json"), "--out", str(recon / "exported.ply"), "--landmarks")
     mvf("visualize", "--params", str(recon / "params.json"), "--images", str(subject), "--out", str(OUT / "visualize_synth"))
     figures = report(recon, subject)
+    bench = heldout_accuracy(run / "last.pt", held)
     (OUT / "report.txt").write_text(
-        f"held-out synthetic triplet {subject.name} (network after {MAIN_STEPS} training steps):\n"
+        f"network after {GEOMETRY_STEPS} geometry + {MAIN_STEPS} supervised + {SELFSUP_STEPS} self-supervised steps\n"
+        f"held-out synthetic triplet {subject.name} (reconstructed, exported, visualised):\n"
         f"  vertex RMSE      {figures['vertex_rmse_mm']:.2f} mm (rigid alignment; mean face: "
         f"{figures['mean_face_rmse_mm']:.2f} mm)\n"
-        f"  landmark error   {figures['landmark_px']:.2f} px at 96 px\n")
+        f"  landmark error   {figures['landmark_px']:.2f} px at 96 px\n"
+        f"all {bench['subjects']} held-out triplets (tools/bench_accuracy.py):\n"
+        f"  vertex RMSE      {bench['rmse_mm_mean']:.2f} mm mean, {bench['rmse_mm_median']:.2f} median "
+        f"(mean face: {bench['mean_face_rmse_mm']:.2f} mm)\n"
+        f"  landmark error   {bench['landmark_px']:.2f} px at 96 px\n")
     if TRIPLET.is_dir():
         mvf("reconstruct", "--images", str(TRIPLET), "--out", str(OUT / "recon_triplet1"))
         real = json.loads((OUT / "recon_triplet1" / "params.json").read_text())
