@@ -221,3 +221,11 @@ def test_freezing_everything_is_refused(tiny_synth, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "leaves no parameter to train" in err and "\n" not in err
+
+
+def test_geometry_stage_needs_the_landmark_head(tiny_synth, tmp_path, capsys):
+    args = smoke_args(tiny_synth, tmp_path / "nohead", "--set", "stages.0.kind=geometry",
+                      "--set", "stages.0.loss={vertex: 1.0}")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs model.landmark_head: true" in err and "\n" not in err

@@ -15,7 +15,6 @@ of thousands of faces in minutes and the image stages start from a network that 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +33,15 @@ def synth_config_for(root: str | Path):
     """The generator settings of the dataset at ``root`` (its index.json), else the defaults."""
     from mvf.config import from_dict
     from mvf.data.config import SynthConfig
+    from mvf.data.format import INDEX_NAME, is_synth_dataset, read_index
 
-    index = Path(root) / "index.json"
-    if not index.is_file():
+    if not is_synth_dataset(root):
         return SynthConfig()
+    settings = read_index(root)["generator"]  # names the file on problems
     try:
-        settings = json.loads(index.read_text())["generator"]
         return from_dict(SynthConfig, settings, "generator")
-    except (OSError, ValueError, KeyError, TypeError, MvfError) as e:
-        raise MvfError(f"{index}: unreadable generator settings ({e})") from None
+    except MvfError as e:
+        raise MvfError(f"{Path(root) / INDEX_NAME}: unreadable generator settings ({e})") from None
 
 
 class FaceDraws(Dataset):

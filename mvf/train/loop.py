@@ -331,10 +331,11 @@ class Trainer:
         c = stage.cfg
         keep = self.optimizer is not None and not c.reset_optimizer
         frozen = tuple(c.freeze)
-        params = [p for name, p in self.net.named_parameters() if not (frozen and name.startswith(frozen))]
+        params, self._frozen = [], []
+        for name, p in self.net.named_parameters():
+            (self._frozen if frozen and name.startswith(frozen) else params).append(p)
         if not params:
             raise MvfError(f"stage '{c.name}': 'freeze' {list(c.freeze)} leaves no parameter to train")
-        self._frozen = [p for name, p in self.net.named_parameters() if frozen and name.startswith(frozen)]
         if not keep:
             self.optimizer = torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas),
                                               weight_decay=c.weight_decay)
