@@ -14,7 +14,7 @@ learning rate (Adam, constant), seed and network:
   (e) landmarks only (a control, not run by default: ``--arms abcde``): what (d) owes to the
       2D landmarks rather than to the photometric and flow terms
 
-(b)-(d) also carry the coefficient prior. Each arm, and the start, is evaluated on a held-out
+(b)-(e) also carry the coefficient prior. Each arm, and the start, is evaluated on a held-out
 set of the shifted domain: vertex RMSE mm (rigid alignment, face region; also similarity),
 landmark px (model input pixels), photometric error (Charbonnier distance on the eroded
 co-visible inner-face pixels of all six view pairs, in 1/255) and pose error (degrees).
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--w-photo", type=float, default=1.0, help="photometric weight, (b) and (d)")
     ap.add_argument("--w-flow", type=float, default=0.01,
                     help="flow alignment weight, (c) and (d) (default 0.01: at 0.05 flow alone drifted off)")
-    ap.add_argument("--w-landmark", type=float, default=0.05, help="landmark weight (px), (d)")
-    ap.add_argument("--w-prior", type=float, default=0.025, help="coefficient prior weight, (b)-(d)")
+    ap.add_argument("--w-landmark", type=float, default=0.05, help="landmark weight (px), (d) and (e)")
+    ap.add_argument("--w-prior", type=float, default=0.025, help="coefficient prior weight, (b)-(e)")
     ap.add_argument("--train-subjects", type=int, default=240, help="shifted unlabelled triplets")
     ap.add_argument("--heldout-subjects", type=int, default=48, help="shifted held-out triplets")
     ap.add_argument("--supervised-data", default=None, help="data of arm (a) (default: the checkpoint's)")

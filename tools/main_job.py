@@ -70,7 +70,8 @@ def heldout_accuracy(checkpoint: Path, held: Path) -> dict:
     print("\n$ " + " ".join(cmd[1:]), flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"make run: step failed: bench_accuracy: {proc.stderr.strip().splitlines()[-1:]}")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        sys.exit(f"make run: step failed: bench_accuracy: {last}")
     return json.loads(proc.stdout)
 
 
