@@ -39,15 +39,14 @@ class Backbone(nn.Module):
         """``(N, 3, H, W)`` in [0, 1] -> ``(N, C, H/32, W/32)``."""
         return self.trunk((images - self.mean) / self.std)
 
-    def forward_with_mid(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Also the stride-8 map: ``((N, mid_channels, H/8, W/8), (N, C, H/32, W/32))``."""
-        x = (images - self.mean) / self.std
-        mid = self.trunk.stem(x)
-        return mid, self.trunk.rest(mid)
+    def pyramid(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's maps at strides 4, 8, 16 and 32: ``[(N, C_k, H/s_k, W/s_k)]``, the last
+        being `forward`'s output. Depths in ``pyramid_channels``."""
+        return self.trunk.pyramid((images - self.mean) / self.std)
 
     @property
-    def mid_channels(self) -> int:
-        return self.trunk.mid_channels
+    def pyramid_channels(self) -> tuple[int, ...]:
+        return self.trunk.pyramid_channels
 
 
 def _vgg_trunk() -> nn.Module:
@@ -61,7 +60,8 @@ def _vgg_trunk() -> nn.Module:
                        nn.ReLU(inplace=True)]
             cin = item
     # same layout and key names as torchvision's vgg16_bn ``features``, so its weights load
-    return _Features(nn.Sequential(*layers), split=24, mid_channels=256)  # after the 3rd pool
+    pools = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
+    return _Features(nn.Sequential(*layers), taps=tuple(pools[1:]), pyramid_channels=(128, 256, 512, 512))
 
 
 def _resnet18_trunk() -> nn.Module:
@@ -75,45 +75,48 @@ def _resnet18_trunk() -> nn.Module:
 
 
 class _ResNetTrunk(nn.Module):
-    mid_channels = 128
+    pyramid_channels = (64, 128, 256, 512)
 
     def __init__(self, net: nn.Module):
         super().__init__()
         for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             setattr(self, name, getattr(net, name))
 
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        """Input -> stride-8 map (after layer2)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer2(self.layer1(x))
-
-    def rest(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer4(self.layer3(x))
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of layer1..layer4 (strides 4, 8, 16, 32)."""
+        maps = [self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))]
+        for layer in (self.layer2, self.layer3, self.layer4):
+            maps.append(layer(maps[-1]))
+        return maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rest(self.stem(x))
+        return self.pyramid(x)[-1]
 
 
 def _mobilenet_trunk() -> nn.Module:
     import torchvision
 
     net = torchvision.models.mobilenet_v3_small(weights=None)
-    return _Features(net.features, split=4, mid_channels=24)  # after the 2nd stride-8 block
+    # blocks 0-1 reach stride 4 (16 ch), 2-3 stride 8 (24), 4-8 stride 16 (48), 9-12 stride 32 (576)
+    return _Features(net.features, taps=(1, 3, 8, 12), pyramid_channels=(16, 24, 48, 576))
 
 
 class _Features(nn.Module):
-    """A ``features`` stack; ``split`` layers make the stride-8 part (``mid_channels`` deep)."""
+    """A ``features`` stack; ``taps`` are the indices of the layers ending the stride-4, 8, 16
+    and 32 parts (the last is the stack's end), of depths ``pyramid_channels``."""
 
-    def __init__(self, features: nn.Module, split: int, mid_channels: int):
+    def __init__(self, features: nn.Module, taps: tuple[int, ...], pyramid_channels: tuple[int, ...]):
         super().__init__()
         self.features = features
-        self.split, self.mid_channels = split, mid_channels
+        self.taps, self.pyramid_channels = taps, pyramid_channels
 
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features[: self.split](x)
-
-    def rest(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features[self.split:](x)
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps, start = [], 0
+        for end in self.taps:
+            x = self.features[start:end + 1](x)
+            maps.append(x)
+            start = end + 1
+        return maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

@@ -62,6 +62,8 @@ class FitConfig:
         points.
     w_photo, w_flow: photometric (robust colour distance, [0, 1] units) and flow alignment (px).
     w_id_prior: times mean(id²) (N(0, 1) coefficients); w_exp_prior: times mean(|exp|).
+    w_net_prior: times mean((c - c0)²) over the id and exp coefficients ``c``, ``c0`` the start
+        given as ``init`` (a network's prediction; `mvf.refine`); 0 (the default) is off.
     pose_step: scale of each pose entry's update per unit parameter (f relative to f, angles
         radians, t pixels), so one learning rate serves all.
     contour: jawline landmarks follow the silhouette (else fixed vertices).
@@ -84,6 +86,7 @@ class FitConfig:
     w_flow: float = 0.0
     w_id_prior: float = 0.5
     w_exp_prior: float = 0.5
+    w_net_prior: float = 0.0
     pose_step: tuple[float, ...] = (0.05, 0.05, 0.05, 0.05, 2.0, 2.0)
     contour: bool = True
     cross_view: "FitCrossViewConfig" = field(default_factory=lambda: FitCrossViewConfig())
@@ -274,6 +277,7 @@ class _Problem:
         self.exp_linear = torch.zeros(self.size, device=dev, dtype=torch.float64)
         self.exp_linear[self.n_id:self.n_id + n_exp] = cfg.w_exp_prior / max(n_exp, 1)
         self.ids: Tensor | None = None
+        self.centre: Tensor | None = None  # (n_id + n_exp,) the w_net_prior's centre
 
     @property
     def size(self) -> int:
@@ -309,7 +313,11 @@ class _Problem:
         id_c, exp_c, _ = self.split(theta)
         dist = (self.project(theta) - self.targets).norm(dim=-1) * self.mm_per_px
         e = (self.a * robust_px(dist, self.cfg.lm_delta_mm)).sum()
-        return e + self.cfg.w_id_prior * id_c.square().mean() + self.cfg.w_exp_prior * exp_c.abs().mean()
+        e = e + self.cfg.w_id_prior * id_c.square().mean() + self.cfg.w_exp_prior * exp_c.abs().mean()
+        if self.centre is not None and self.cfg.w_net_prior > 0:
+            c = theta[: self.n_id + self.n_exp]
+            e = e + self.cfg.w_net_prior * (c - self.centre.to(c)).square().mean()
+        return e
 
     def jacobian(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         """Landmarks ``(V, 68, 2)`` px and their analytic Jacobian ``(V, 68, 2, P)`` w.r.t. ``θ``."""
@@ -360,6 +368,12 @@ class _Problem:
             idx = torch.arange(self.n_id, device=h.device)
             h[idx, idx] += prior
             g[: self.n_id] += prior * theta[: self.n_id].double()
+            if self.centre is not None and self.cfg.w_net_prior > 0:
+                n = self.n_id + self.n_exp
+                w = 2.0 * self.cfg.w_net_prior / n
+                idx = torch.arange(n, device=h.device)
+                h[idx, idx] += w
+                g[:n] += w * (theta[:n].double() - self.centre.double())
         return h, g + self.exp_linear
 
     def free(self, theta: Tensor, grad: Tensor) -> Tensor:
@@ -459,6 +473,8 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
     weights = vis.clone()
     weights[:, :N_JAW] *= cfg.w_jaw
     problem = _Problem(compact, landmarks, weights, pose0, step, n_exp, cfg)
+    if init is not None:
+        problem.centre = torch.cat([id0, exp0])
     theta = torch.cat([id0, exp0, torch.zeros(6 * n_views, device=dev)])
     history: list[dict] = []
     seconds: dict[str, float] = {}

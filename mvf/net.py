@@ -5,8 +5,8 @@
 * Every view goes through the same backbone (shared weights). Its feature map becomes a view
   feature: global average pooling plus a small flattened spatial branch (1x1 conv, so the
   feature still knows *where* the face is, which tx, ty and f need) and a linear layer + ReLU.
-* Optional landmark branch (``model.landmark_head``): 68 heat maps on the backbone's stride-8
-  map, soft-argmax -> 2D landmarks (px), trained by the ``landmark2d`` loss. A geometry MLP
+* Optional landmark branch (``model.landmark_head``): 68 heat maps at stride 4 from a light
+  feature pyramid over the backbone (`LandmarkHead`), soft-argmax -> 2D landmarks (px), trained by the ``landmark2d`` loss. A geometry MLP
   turns each view's landmarks into a geometry feature; its own fusion and heads (same kinds)
   add their outputs to the image branch's. The ``geometry`` stage trains that branch alone
   on landmarks of faces sampled from the 3DMM (cheap: no images), so the image stages start
@@ -108,27 +108,52 @@ class ViewEncoder(nn.Module):
         side = _map_side(cfg.backbone, cfg.image_size)
         self.spatial = nn.Sequential(nn.Conv2d(c, cfg.spatial, 1), nn.ReLU(inplace=True)) if cfg.spatial else None
         n_in = c + (cfg.spatial * side * side if cfg.spatial else 0)
-        self.landmark_head = None
-        if cfg.landmark_head:
-            mid = self.backbone.mid_channels
-            self.landmark_head = nn.Sequential(
-                nn.Conv2d(mid, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-                nn.Conv2d(64, N_LANDMARKS, 1))
+        self.landmark_head = LandmarkHead(self.backbone.pyramid_channels) if cfg.landmark_head else None
+        self.bf16 = cfg.precision == "bf16"  # backbone and landmark head under bfloat16 autocast
         self.proj = nn.Sequential(nn.Linear(n_in, VIEW_FEATURES), nn.ReLU(inplace=True))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(N, 3, S, S)`` -> view features ``(N, VIEW_FEATURES)`` and, with the landmark head,
         landmarks ``(N, 68, 2)`` px (else None)."""
         landmarks = None
-        if self.landmark_head is None:
-            fmap = self.backbone(images)
-        else:
-            mid, fmap = self.backbone.forward_with_mid(images)
-            landmarks = soft_argmax(self.landmark_head(mid), images.shape[-1])
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if self.landmark_head is None:
+                fmap = self.backbone(images)
+            else:
+                maps = self.backbone.pyramid(images)
+                fmap = maps[-1]
+                logits = self.landmark_head(maps)
+        if self.landmark_head is not None:
+            landmarks = soft_argmax(logits.float(), images.shape[-1])
+        fmap = fmap.float()
         parts = [fmap.mean((2, 3))]
         if self.spatial is not None:
             parts.append(self.spatial(fmap).flatten(1))
         return self.proj(torch.cat(parts, 1)), landmarks
+
+
+class LandmarkHead(nn.Module):
+    """68 landmark heat maps at stride 4 from the backbone's pyramid (a light feature pyramid).
+
+    Top-down: each map (strides 32, 16, 8, 4) goes through a 1x1 conv to ``width`` channels and
+    is added to the upsampled coarser sum, so the stride-4 heat maps see the whole face (stride
+    32 context) with stride-4 detail; then a 3x3 conv + BN + ReLU and a 1x1 conv to the 68
+    logit maps. ``[(N, C_k, H/s_k, W/s_k)]`` -> ``(N, 68, H/4, W/4)``.
+    """
+
+    def __init__(self, channels: tuple[int, ...], width: int = 96):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.out = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, N_LANDMARKS, 1))
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        x = self.lateral[-1](maps[-1])
+        for lateral, fmap in zip(reversed(self.lateral[:-1]), reversed(maps[:-1])):
+            x = lateral(fmap) + nn.functional.interpolate(x, size=fmap.shape[-2:], mode="bilinear",
+                                                          align_corners=False)
+        return self.out(x)
 
 
 class GeometryEncoder(nn.Module):

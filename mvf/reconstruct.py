@@ -118,13 +118,14 @@ def prepare_images(images: dict[str, np.ndarray], size: int, device) -> tuple[to
 def reconstruct(model: LoadedModel, images: dict[str, np.ndarray]) -> Reconstruction:
     """Predict the face from ``images`` (view name -> ``(H, W, 3)`` uint8, square)."""
     from mvf.losses import LandmarkProjector
+    from mvf.refine import predict
 
     views = tuple(v for v in VIEWS if v in images)
     check_views(model.net, views)
     device = next(model.net.parameters()).device
     x, scales = prepare_images({v: images[v] for v in views}, model.net.cfg.image_size, device)
     t0 = time.perf_counter()
-    out = model.net(x, views=views)
+    out = predict(model.net, model.face, x, views=views)
     seconds = time.perf_counter() - t0
     pose = out["pose"][0].clone()  # (V, 6)
     k = torch.tensor([scales[v] for v in views], device=device)

@@ -171,3 +171,14 @@ def test_landmark2d_needs_the_landmark_head(tmp_path):
     with pytest.raises(MvfError, match="needs model.landmark_head"):
         load_train_config(path)
     assert load_train_config(path, ["model.landmark_head=true"]).model.landmark_head
+
+
+def test_refine_and_precision_keys_are_checked(tmp_path):
+    path = _write(tmp_path, "model: {refine: landmarks}\nstages: [{name: s, steps: 5}]\n")
+    with pytest.raises(MvfError, match="model.refine"):
+        load_train_config(path)
+    assert load_train_config(path, ["model.landmark_head=true"]).model.refine == "landmarks"
+    with pytest.raises(MvfError, match="refine_steps"):
+        load_train_config(path, ["model.landmark_head=true", "model.refine_steps=0"])
+    with pytest.raises(MvfError, match="precision"):
+        load_train_config(_write(tmp_path, "model: {precision: fp8}\nstages: [{name: s, steps: 5}]\n"))

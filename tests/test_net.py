@@ -189,7 +189,7 @@ def test_landmark_head_outputs_and_gradients(face, backbone):
     assert out["landmarks"].shape == (2, 1, 68, 2)
     assert ((out["landmarks"] > 0) & (out["landmarks"] < 64)).all()
     out["landmarks"].sum().backward()
-    head = net.encoder.landmark_head[-1].weight.grad
+    head = net.encoder.landmark_head.out[-1].weight.grad
     assert head is not None and head.abs().sum() > 0
     assert "landmarks" not in _net(face, image_size=64, fusion="mean", hidden=32)(x)
 
@@ -224,3 +224,72 @@ def test_landmark_input_errors(face):
     net = _net(face, image_size=64, fusion="mean", hidden=32, landmark_head=True)
     with pytest.raises(MvfError, match=r"landmarks must be \(B, V, 68, 2\)"):
         net(None, landmarks=torch.zeros(1, 1, 5, 2))
+
+
+def test_predict_refines_towards_the_head_landmarks(face):
+    """With ``refine: landmarks``, `mvf.refine.predict` returns the network's output fitted to its
+    own landmarks: the refined shape and poses reproject closer to them than the raw
+    regression does, and landmarks are kept. With ``refine: none`` it is the network itself."""
+    from mvf.losses import LandmarkProjector
+    from mvf.refine import predict
+
+    net = _net(face, image_size=64, fusion="concat", hidden=32, landmark_head=True, refine="landmarks")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():  # a non-trivial untrained network: spread-out landmarks
+            p.add_(0.05 * torch.randn_like(p))
+        images = torch.rand(2, 3, 3, 64, 64)
+        raw = net(images)
+        refined = predict(net, face, images)
+    projector = LandmarkProjector(face)
+
+    def reprojection_px(out):
+        lm = projector(face.decode(out["id"], out["exp"]), out["pose"])
+        return float((lm - out["landmarks"]).norm(dim=-1).mean())
+
+    assert torch.equal(refined["landmarks"], raw["landmarks"])
+    assert reprojection_px(refined) < 0.8 * reprojection_px(raw)
+    plain = _net(face, image_size=64, fusion="concat", hidden=32, landmark_head=True)
+    with torch.no_grad():
+        assert torch.equal(predict(plain, face, images)["id"], plain(images)["id"])
+
+
+def test_bf16_precision_matches_fp32_and_trains(face):
+    """``precision: bf16`` runs the backbone and landmark head under bfloat16 autocast: with the
+    same weights the outputs stay close to float32's (landmarks within 1 px at 64 px), every
+    output is float32, and gradients reach the backbone's float32 weights."""
+    torch.manual_seed(0)
+    fp32 = _net(face, image_size=64, fusion="mean", hidden=32, landmark_head=True)
+    bf16 = _net(face, image_size=64, fusion="mean", hidden=32, landmark_head=True, precision="bf16")
+    bf16.load_state_dict(fp32.state_dict())
+    with torch.no_grad():
+        for p in fp32.parameters():  # non-zero heads, so the comparison means something
+            p.add_(0.02 * torch.randn_like(p))
+        bf16.load_state_dict(fp32.state_dict())
+        images = torch.rand(2, 2, 3, 64, 64)
+        a, b = fp32(images), bf16(images)
+    for key in ("id", "exp", "pose", "landmarks"):
+        assert b[key].dtype == torch.float32
+    assert float((a["landmarks"] - b["landmarks"]).norm(dim=-1).max()) < 1.0
+    assert torch.allclose(a["id"], b["id"], atol=0.05 * float(a["id"].abs().max()) + 1e-3)
+    bf16.train()
+    out = bf16(images)
+    (out["id"].square().sum() + out["landmarks"].sum()).backward()
+    grad = bf16.encoder.backbone.trunk.conv1.weight.grad
+    assert grad is not None and grad.dtype == torch.float32 and float(grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("backbone", ["vgg", "resnet18", "mobilenet_v3_small"])
+def test_backbone_pyramid_strides_and_depths(backbone):
+    """`Backbone.pyramid` gives maps at strides 4, 8, 16 and 32 of the declared depths; the last
+    is the backbone's own output (what the pooled view feature uses)."""
+    from mvf.backbones import build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone(backbone).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        maps = net.pyramid(x)
+        assert [m.shape[1] for m in maps] == list(net.pyramid_channels)
+        assert [m.shape[-1] for m in maps] == [16, 8, 4, 2]
+        assert torch.equal(maps[-1], net(x))

@@ -52,14 +52,16 @@ def mean_face_rmse(ds, ctx) -> float:
 
 
 def landmark_branch_diagnostics(net, loader, ctx) -> dict:
-    """For networks with a landmark branch: the landmark head's own 2D error (px, model input)
-    and the rigid vertex RMSE (mm) the geometry branch reaches when fed the *true* 2D landmarks,
-    an upper bound on what better landmarks alone could give."""
+    """For networks with a landmark branch: the landmark head's own 2D error (px, model input),
+    the rigid vertex RMSE (mm) the geometry branch reaches when fed the *true* 2D landmarks, and
+    the RMSE of the landmark refinement (`mvf.refine`) on the true landmarks: upper bounds on
+    what better landmarks alone could give."""
     import torch
 
     from mvf.align import aligned_rmse
+    from mvf.refine import refine_with_landmarks, settings_for
 
-    head_err, oracle = [], []
+    head_err, oracle, oracle_fit = [], [], []
     with torch.no_grad():
         for batch in loader:
             out = net(batch["images"])
@@ -67,8 +69,21 @@ def landmark_branch_diagnostics(net, loader, ctx) -> dict:
             geo = net(None, landmarks=batch["landmarks"])
             gt = ctx.face.decode(batch["id"], batch["exp"])
             oracle.append(aligned_rmse(ctx.face.decode(geo["id"], geo["exp"]), gt, ctx.region))
+            fitted = refine_with_landmarks(ctx.face, {**out, "landmarks": batch["landmarks"]},
+                                           settings_for(net.cfg))
+            oracle_fit.append(aligned_rmse(ctx.face.decode(fitted["id"], fitted["exp"]), gt, ctx.region))
     return {"landmark_head_px": float(torch.cat(head_err).mean()),
-            "oracle_landmarks_rmse_mm": float(torch.cat(oracle).mean())}
+            "oracle_landmarks_rmse_mm": float(torch.cat(oracle).mean()),
+            "oracle_refine_rmse_mm": float(torch.cat(oracle_fit).mean())}
+
+
+def with_refine(model, refine: str):
+    """``model`` (a `mvf.reconstruct.LoadedModel`) with ``model.refine`` replaced."""
+    import dataclasses
+
+    model_cfg = dataclasses.replace(model.cfg.model, refine=refine)
+    model.net.cfg = model_cfg
+    return dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, model=model_cfg))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--timing-runs", type=int, default=20, help="single-triplet forward passes timed")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--refine", choices=["none", "landmarks"], default=None,
+                    help="override the checkpoint's model.refine (landmark-head networks)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
 
@@ -92,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from mvf.errors import MvfError
     from mvf.losses import LandmarkProjector, face_region
     from mvf.reconstruct import load_model
+    from mvf.refine import predict
     from mvf.train.stages import LossContext
     from mvf.train.validation import evaluate
 
@@ -101,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ensure_heldout(data, args.subjects, args.seed, args.size)
         model = load_model(args.checkpoint)
+        if args.refine is not None:
+            if args.refine == "landmarks" and not model.cfg.model.landmark_head:
+                raise MvfError(f"{args.checkpoint}: --refine landmarks needs a network with a landmark head")
+            model = with_refine(model, args.refine)
         cfg = model.cfg
         ds = SynthDataset(data, views=tuple(cfg.model.views), size=cfg.model.image_size)
     except MvfError as e:
@@ -109,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                       region=face_region(model.face, cfg.validation.face_radius_mm), model_cfg=cfg.model,
                       device=torch.device("cpu"))
     loader = DataLoader(ds, batch_size=args.batch, shuffle=False)
-    result = evaluate(model.net, loader, ctx)
+    result = evaluate(model.net, loader, ctx, refine=True)
     summary = result.summary()
+    refined = cfg.model.refine != "none"
+    regression = evaluate(model.net, loader, ctx).summary() if refined else summary
     baseline = mean_face_rmse(ds, ctx)
     stored = int(ds.index["size"])
 
@@ -119,18 +143,19 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(min(args.timing_runs, len(ds)) + 2):
             x = ds[i % len(ds)]["images"][None]
             t0 = time.perf_counter()
-            model.net(x)
+            predict(model.net, model.face, x)
             if i >= 2:  # warm-up
                 times.append(time.perf_counter() - t0)
     report = {
         "checkpoint": str(args.checkpoint), "step": model.step, "data": str(data), "subjects": len(ds),
         "backbone": cfg.model.backbone, "image_size": cfg.model.image_size, "fusion": cfg.model.fusion,
-        "views": list(cfg.model.views),
+        "views": list(cfg.model.views), "refine": cfg.model.refine,
         "rmse_mm_mean": summary["rmse_mm"], "rmse_mm_median": summary["rmse_median_mm"],
         "rmse_mm_p90": summary["rmse_p90_mm"], "rmse_similarity_mm_mean": summary["rmse_sim_mm"],
         "landmark_px": summary["landmark_px"],
         f"landmark_px_at_{stored}": summary["landmark_px"] * stored / cfg.model.image_size,
         "pose_deg": summary["pose_deg"], "mean_face_rmse_mm": baseline,
+        "regression_rmse_mm_mean": regression["rmse_mm"], "regression_landmark_px": regression["landmark_px"],
         "inference_ms_per_triplet": 1000.0 * float(np.median(times)) if times else float("nan"),
         "threads": torch.get_num_threads(),
     }
@@ -140,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"checkpoint {report['checkpoint']} (step {report['step']}; {report['backbone']} "
-          f"{report['image_size']} px, {report['fusion']} fusion, views {'/'.join(report['views'])})")
+          f"{report['image_size']} px, {report['fusion']} fusion, views {'/'.join(report['views'])}, "
+          f"refine {report['refine']})")
     print(f"held-out set {data} ({report['subjects']} subjects, seed {args.seed})\n")
     rows = [
         ("vertex RMSE, rigid, mean (mm)", report["rmse_mm_mean"]),
@@ -153,10 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         ("inference per triplet (ms)", report["inference_ms_per_triplet"]),
         ("reference: mean face, rigid RMSE (mm)", report["mean_face_rmse_mm"]),
     ]
+    if refined:
+        rows += [("network regression alone (no refinement), rigid RMSE (mm)", report["regression_rmse_mm_mean"]),
+                 ("network regression alone, landmark error (px)", report["regression_landmark_px"])]
     if "oracle_landmarks_rmse_mm" in report:
         rows += [(f"landmark head's 2D error, {cfg.model.image_size} px input (px)", report["landmark_head_px"]),
                  ("reference: geometry branch on the true 2D landmarks, rigid RMSE (mm)",
-                  report["oracle_landmarks_rmse_mm"])]
+                  report["oracle_landmarks_rmse_mm"]),
+                 ("reference: landmark refinement on the true 2D landmarks, rigid RMSE (mm)",
+                  report["oracle_refine_rmse_mm"])]
     width = max(len(r[0]) for r in rows)
     print(f"| {'metric':<{width}} | value |\n|{'-' * (width + 2)}|------:|")
     for name, value in rows:

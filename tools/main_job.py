@@ -3,7 +3,7 @@
 1. build the face-model asset (done by `make setup`; repeated here only if missing);
 2. synthesise a small dataset and a held-out triplet;
 3. train configs/cpu.yaml briefly: its stages shortened to GEOMETRY_STEPS geometry,
-   MVF_MAIN_STEPS supervised (default 400) and SELFSUP_STEPS self-supervised steps, and capped
+   MVF_MAIN_STEPS supervised (default 700) and SELFSUP_STEPS self-supervised steps, and capped
    with --steps at their sum (the full config trains for ~25 minutes);
 4. reconstruct the held-out synthetic triplet with the trained network;
 5. export the mesh;
@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "out"
-MAIN_STEPS = int(os.environ.get("MVF_MAIN_STEPS", "400"))  # supervised steps of `make run`
+MAIN_STEPS = int(os.environ.get("MVF_MAIN_STEPS", "700"))  # supervised steps of `make run`
 GEOMETRY_STEPS = 1000  # the geometry stage of `make run` (~0.1 s a step)
 SELFSUP_STEPS = 10  # the self-supervised stage of `make run`
 TRAIN_SUBJECTS = 400

@@ -68,8 +68,15 @@ def batch_metrics(ctx, out: dict, batch: dict) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, ctx, max_batches: int | None = None) -> EvalResult:
-    """Run ``model`` (eval mode, restored afterwards) over a loader of labelled batches."""
+def evaluate(model: torch.nn.Module, loader, ctx, max_batches: int | None = None,
+             refine: bool = False) -> EvalResult:
+    """Run ``model`` (eval mode, restored afterwards) over a loader of labelled batches.
+
+    ``refine``: score the model's full prediction, its ``model.refine`` stage included
+    (`mvf.refine.predict`); otherwise the network's regression alone (cheaper, for training).
+    """
+    from mvf.refine import predict
+
     was_training = model.training
     model.eval()
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("rmse_mm", "rmse_sim_mm", "landmark_px", "pose_deg")}
@@ -79,7 +86,7 @@ def evaluate(model: torch.nn.Module, loader, ctx, max_batches: int | None = None
             if max_batches is not None and i >= max_batches:
                 break
             batch = to_device(batch, ctx.device)
-            out = model(batch["images"])
+            out = predict(model, ctx.face, batch["images"]) if refine else model(batch["images"])
             for k, v in batch_metrics(ctx, out, batch).items():
                 parts[k].append(v.double().cpu().numpy())
             subjects += list(batch["subject"])
