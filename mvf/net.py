@@ -6,9 +6,10 @@
   feature: global average pooling plus a small flattened spatial branch (1x1 conv, so the
   feature still knows *where* the face is, which tx, ty and f need) and a linear layer + ReLU.
 * Optional landmark branch (``model.landmark_head``): 68 heat maps at stride 4 from a light
-  feature pyramid over the backbone (`LandmarkHead`), soft-argmax -> 2D landmarks (px), trained by the ``landmark2d`` loss. A geometry MLP
-  turns each view's landmarks into a geometry feature; its own fusion and heads (same kinds)
-  add their outputs to the image branch's. The ``geometry`` stage trains that branch alone
+  feature pyramid over the backbone (`LandmarkHead`), soft-argmax -> 2D landmarks (px),
+  trained by the ``landmark2d`` loss. A geometry MLP turns each view's landmarks into a
+  geometry feature; its own fusion and heads (same kinds) add their outputs to the image
+  branch's. The ``geometry`` stage trains that branch alone
   on landmarks of faces sampled from the 3DMM (cheap: no images), so the image stages start
   from a network that already maps 2D landmarks to shape and pose.
 * Fusion of the view features for the 3DMM head: ``concat`` (the paper's; exactly the views

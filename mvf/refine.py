@@ -19,9 +19,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-REFINE_KINDS = ("none", "landmarks")
-
-
 @dataclass(frozen=True)
 class RefineSettings:
     """The refinement's solver settings (`mvf.fit.FitConfig` keys), from the model config."""
@@ -64,9 +61,8 @@ def refine_with_landmarks(face, out: dict[str, Tensor], settings: RefineSettings
 def predict(net, face, images: Tensor, views: tuple[str, ...] | None = None) -> dict[str, Tensor]:
     """The network's outputs for ``images (B, V, 3, S, S)``, refined when the model says so."""
     out = net(images, views=views)
-    cfg = net.cfg
-    if getattr(cfg, "refine", "none") == "landmarks" and "landmarks" in out:
-        out = refine_with_landmarks(face, out, settings_for(cfg))
+    if net.cfg.refine == "landmarks" and "landmarks" in out:
+        out = refine_with_landmarks(face, out, settings_for(net.cfg))
     return out
 
 
