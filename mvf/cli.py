@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from mvf.errors import MvfError
+from mvf.errors import INPUT_ERRORS, MvfError
 
 # Subcommand modules, in the order `mvf --help` lists them.
 COMMANDS = (
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except MvfError as e:
+    except INPUT_ERRORS as e:
         print(f"mvf {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from mvf.errors import MvfError, file_error
+from mvf.errors import INPUT_ERRORS, MvfError, file_error
 
 T = TypeVar("T")
 
@@ -57,7 +57,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         for a in non_none:
             try:
                 return _convert(a, value, where)
-            except MvfError as e:
+            except INPUT_ERRORS as e:
                 errors.append(str(e))
         raise MvfError(errors[0])
     if _is_dataclass_type(tp):
@@ -173,5 +173,5 @@ def load_config(path: str | Path | None, cls: type[T], overrides: list[str] | No
         apply_override(data, ov)
     try:
         return from_dict(cls, data)
-    except MvfError as e:
+    except INPUT_ERRORS as e:
         raise (file_error(path, str(e)) if path else e) from None

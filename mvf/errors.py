@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from renderer.errors import RendererError
+
 
 class MvfError(Exception):
     """A problem with the user's input (file, config, arguments), worded for the user.
@@ -14,3 +16,7 @@ class MvfError(Exception):
 def file_error(path: str | Path, problem: str) -> MvfError:
     """Build an `MvfError` reading ``<path>: <problem>``."""
     return MvfError(f"{path}: {problem}")
+
+
+# What the CLI reports as one line with exit status 2: mvf's own errors and the renderer's.
+INPUT_ERRORS: tuple[type[Exception], ...] = (MvfError, RendererError)

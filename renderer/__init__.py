@@ -2,7 +2,7 @@
 
 Every function takes one mesh per view, ``(N, Nv, 3)`` model-space mm with ``(N, 6)`` poses
 (or ``(B, V, ...)``, flattened row-major), faces ``(F, 3)`` shared by all meshes, and images
-in the pixel frame of `mvf.camera` (pixel ``(i, j)`` centred at ``(i + 0.5, j + 0.5)``).
+in the pixel frame of `renderer.camera` (pixel ``(i, j)`` centred at ``(i + 0.5, j + 0.5)``).
 """
 from renderer.config import BACKENDS, DEFAULT_VIS_TOL_MM, RendererConfig, resolve_backend
 from renderer.interp import interpolate_vertex_attr, pixel_mask, surface_points

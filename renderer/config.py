@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mvf.errors import MvfError
+from renderer.errors import RendererError
 
 BACKENDS = ("auto", "fast", "pytorch3d")
 
@@ -30,13 +30,13 @@ class RendererConfig:
     def __post_init__(self) -> None:
         check_backend(self.backend)
         if not self.vis_tol_mm >= 0.0:
-            raise MvfError(f"renderer.vis_tol_mm: must be >= 0, got {self.vis_tol_mm}")
+            raise RendererError(f"renderer.vis_tol_mm: must be >= 0, got {self.vis_tol_mm}")
 
 
 def check_backend(backend: str) -> str:
-    """Return ``backend`` if it names a backend, else raise `MvfError`."""
+    """Return ``backend`` if it names a backend, else raise `RendererError`."""
     if backend not in BACKENDS:
-        raise MvfError(f"renderer backend '{backend}': unknown (choose from {', '.join(BACKENDS)})")
+        raise RendererError(f"renderer backend '{backend}': unknown (choose from {', '.join(BACKENDS)})")
     return backend
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from pytorch3d.renderer.mesh.rasterizer import Fragments
 
-from mvf.errors import MvfError
+from renderer.errors import RendererError
 
 
 def pixel_mask(fragments: Fragments) -> torch.Tensor:
@@ -26,7 +26,7 @@ def interpolate_vertex_attr(fragments: Fragments, attr: torch.Tensor, faces: tor
     p2f = fragments.pix_to_face
     n, h, w, _ = p2f.shape
     if attr.dim() != 3 or attr.shape[0] not in (1, n):
-        raise MvfError(f"attr: expected ({n}, Nv, C), got {tuple(attr.shape)}")
+        raise RendererError(f"attr: expected ({n}, Nv, C), got {tuple(attr.shape)}")
     if attr.shape[0] == 1 and n > 1:
         attr = attr.expand(n, -1, -1)
     nv, c = attr.shape[1], attr.shape[2]

@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from mvf.camera import project_with_depth
-from mvf.views import VIEWS
+from renderer.camera import project_with_depth
+from renderer.views import VIEWS
 from renderer.config import DEFAULT_VIS_TOL_MM
 from renderer.raster import fragments_from_pix_to_face
 from renderer.shading import Lights, render

@@ -1,6 +1,6 @@
 """Rasterization of weak-perspective views into PyTorch3D `Fragments`, with two backends.
 
-* ``pytorch3d``: PyTorch3D's `MeshRasterizer` with the cameras of `mvf.camera.to_pytorch3d`
+* ``pytorch3d``: PyTorch3D's `MeshRasterizer` with the cameras of `renderer.camera.to_pytorch3d`
   (the reference, and the default on CUDA).
 * ``fast``: vectorised torch (the default on the CPU). Every triangle's pixel bounding box is
   enumerated (in chunks of bounded size), pixel centres are tested against the triangle with
@@ -20,7 +20,7 @@ a vertex at depth ``< 1e-8`` are skipped; points with depth ``< 0`` are ignored.
 `Fragments` fields, for ``N`` meshes at ``(H, W)``, one face per pixel (``K = 1``):
 
 * ``pix_to_face`` ``(N, H, W, 1)`` long: packed face id ``n * F + f``, ``-1`` where empty.
-* ``zbuf`` ``(N, H, W, 1)``: depth in mm as `mvf.camera.project_with_depth` (``1000 - (Rv)_z``,
+* ``zbuf`` ``(N, H, W, 1)``: depth in mm as `renderer.camera.project_with_depth` (``1000 - (Rv)_z``,
   smaller is nearer) of the surface at the pixel centre, ``-1`` where empty.
 * ``bary_coords`` ``(N, H, W, 1, 3)``: barycentrics of the pixel centre in the face's
   vertex order, ``-1`` where empty.
@@ -37,21 +37,21 @@ from dataclasses import dataclass
 import torch
 from pytorch3d.renderer.mesh.rasterizer import Fragments
 
-from mvf.camera import project_with_depth, to_pytorch3d
-from mvf.errors import MvfError
+from renderer.camera import project_with_depth, to_pytorch3d
+from renderer.errors import RendererError
 from renderer.config import resolve_backend
 
 KEPS = 1e-8  # PyTorch3D's kEpsilon, in NDC units (areas) and depth units
 DEFAULT_MAX_CANDIDATES = 1 << 22  # pixel candidates enumerated per chunk in the fast backend
 
 def parse_image_size(image_size) -> tuple[int, int]:
-    """``(H, W)`` from an int or a pair; `MvfError` if not positive."""
+    """``(H, W)`` from an int or a pair; `RendererError` if not positive."""
     if isinstance(image_size, int):
         h = w = image_size
     else:
         h, w = (int(s) for s in image_size)
     if h <= 0 or w <= 0:
-        raise MvfError(f"image_size {image_size}: must be positive")
+        raise RendererError(f"image_size {image_size}: must be positive")
     return h, w
 
 
@@ -66,20 +66,20 @@ def flatten_views(verts: torch.Tensor, poses: torch.Tensor) -> tuple[torch.Tenso
         verts = verts.reshape(-1, *verts.shape[2:])
     poses = poses.reshape(-1, 6)
     if verts.dim() != 3 or verts.shape[-1] != 3:
-        raise MvfError(f"verts: expected (N, Nv, 3) or (B, V, Nv, 3), got {tuple(verts.shape)}")
+        raise RendererError(f"verts: expected (N, Nv, 3) or (B, V, Nv, 3), got {tuple(verts.shape)}")
     if verts.shape[0] == 1 and poses.shape[0] > 1:
         verts = verts.expand(poses.shape[0], -1, -1)
     if verts.shape[0] != poses.shape[0]:
-        raise MvfError(f"verts and poses disagree on the number of views: {verts.shape[0]} vs {poses.shape[0]}")
+        raise RendererError(f"verts and poses disagree on the number of views: {verts.shape[0]} vs {poses.shape[0]}")
     return verts, poses
 
 
 def _check_faces(faces: torch.Tensor, n_verts: int) -> torch.Tensor:
     if faces.dim() != 2 or faces.shape[-1] != 3:
-        raise MvfError(f"faces: expected (F, 3), got {tuple(faces.shape)}")
+        raise RendererError(f"faces: expected (F, 3), got {tuple(faces.shape)}")
     faces = faces.long()
     if faces.numel() and (faces.min() < 0 or faces.max() >= n_verts):
-        raise MvfError(f"faces: vertex ids must lie in [0, {n_verts}), got [{int(faces.min())}, {int(faces.max())}]")
+        raise RendererError(f"faces: vertex ids must lie in [0, {n_verts}), got [{int(faces.min())}, {int(faces.max())}]")
     return faces
 
 
@@ -105,7 +105,7 @@ def rasterize(
         verts: ``(N, Nv, 3)`` model-space mm, one mesh per view, or ``(B, V, Nv, 3)``
             (flattened to ``N = B * V`` in row-major order), or ``(1, Nv, 3)`` shared.
         faces: ``(F, 3)`` long vertex ids, shared by all meshes.
-        poses: ``(N, 6)`` or ``(B, V, 6)`` weak-perspective poses (`mvf.camera`).
+        poses: ``(N, 6)`` or ``(B, V, 6)`` weak-perspective poses (`renderer.camera`).
         image_size: ``(H, W)`` pixels (or one int for square images).
         backend: ``auto`` (``fast`` on CPU, ``pytorch3d`` on CUDA), ``fast`` or ``pytorch3d``.
         with_dists: ``fast`` only: compute ``dists`` (else None; ``pytorch3d`` always has them).
@@ -184,7 +184,7 @@ def fast_pix_to_face(proj: torch.Tensor, faces: torch.Tensor, image_size: tuple[
 
     Args:
         proj: ``(N, Nv, 3)`` projected vertices (u px, v px, depth mm), e.g. from
-            `mvf.camera.project_with_depth`.
+            `renderer.camera.project_with_depth`.
         faces: ``(F, 3)`` long.
         image_size: ``(H, W)``.
         max_candidates: upper bound on the pixel candidates handled at once.

@@ -7,8 +7,8 @@ from typing import Any, Sequence
 import torch
 from pytorch3d.renderer.mesh.rasterizer import Fragments
 
-from mvf.camera import to_pytorch3d
-from mvf.errors import MvfError
+from renderer.camera import to_pytorch3d
+from renderer.errors import RendererError
 from renderer.raster import flatten_views, parse_image_size, rasterize
 
 RGB = tuple[float, float, float]
@@ -75,7 +75,7 @@ def render(
     n = verts.shape[0]
     colours = colours.reshape(-1, *colours.shape[-2:]) if colours.dim() == 4 else colours
     if colours.dim() != 3 or colours.shape[0] not in (1, n) or colours.shape[1:] != verts.shape[1:]:
-        raise MvfError(f"colours: expected ({n}, {verts.shape[1]}, 3), got {tuple(colours.shape)}")
+        raise RendererError(f"colours: expected ({n}, {verts.shape[1]}, 3), got {tuple(colours.shape)}")
     colours = colours.expand(n, -1, -1).to(verts.dtype)
     if fragments is None:
         fragments = rasterize(verts, faces, poses, image_size, backend=backend)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from pytorch3d.renderer.mesh.rasterizer import Fragments
 
-from mvf.camera import project_with_depth
+from renderer.camera import project_with_depth
 from renderer.config import DEFAULT_VIS_TOL_MM
 from renderer.raster import PixelFaces, flatten_views, pixel_faces
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from pytorch3d.renderer.mesh.rasterizer import Fragments
 
-from mvf.camera import DEPTH_OFFSET, euler_to_matrix, pixels_to_grid, project_with_depth
-from mvf.errors import MvfError
+from renderer.camera import DEPTH_OFFSET, euler_to_matrix, pixels_to_grid, project_with_depth
+from renderer.errors import RendererError
 from renderer.config import DEFAULT_VIS_TOL_MM
 from renderer.interp import interpolate_at
 from renderer.raster import parse_image_size, pixel_faces, rasterize_pix_to_face
@@ -82,7 +82,7 @@ def _check_pairs(pairs: Sequence[Pair] | None, n_views: int) -> list[Pair]:
     pairs = all_pairs(n_views) if pairs is None else [(int(a), int(b)) for a, b in pairs]
     for a, b in pairs:
         if not (0 <= a < n_views and 0 <= b < n_views) or a == b:
-            raise MvfError(f"view pair ({a}, {b}): need two different views in [0, {n_views})")
+            raise RendererError(f"view pair ({a}, {b}): need two different views in [0, {n_views})")
     return pairs
 
 
@@ -107,7 +107,7 @@ def warp_geometry(
     """
     h, w = parse_image_size(image_size)
     if verts.dim() != 3 or poses.dim() != 3 or verts.shape[0] != poses.shape[0]:
-        raise MvfError(f"verts (B, Nv, 3) and poses (B, V, 6) expected, got {tuple(verts.shape)} "
+        raise RendererError(f"verts (B, Nv, 3) and poses (B, V, 6) expected, got {tuple(verts.shape)} "
                        f"and {tuple(poses.shape)}")
     n_sub, n_views = poses.shape[:2]
     pairs = _check_pairs(pairs, n_views)
@@ -121,7 +121,7 @@ def warp_geometry(
         p2f = rasterize_pix_to_face(verts_n.detach().reshape(n_sub * n_views, -1, 3), faces,
                                     poses_n.detach(), (h, w), backend=backend)
     elif fragments.pix_to_face.shape[:3] != (n_sub * n_views, h, w):
-        raise MvfError(f"fragments: expected {n_sub * n_views} views of {h}x{w}, got "
+        raise RendererError(f"fragments: expected {n_sub * n_views} views of {h}x{w}, got "
                        f"{tuple(fragments.pix_to_face.shape[:3])}")
     else:
         p2f = fragments.pix_to_face
@@ -213,7 +213,7 @@ def cross_view_warp(
         ``images``, ``verts`` and ``poses``.
     """
     if images.dim() != 5 or images.shape[:2] != poses.shape[:2]:
-        raise MvfError(f"images: expected (B, V, C, H, W) matching poses {tuple(poses.shape[:2])}, "
+        raise RendererError(f"images: expected (B, V, C, H, W) matching poses {tuple(poses.shape[:2])}, "
                        f"got {tuple(images.shape)}")
     geometry = warp_geometry(verts, faces, poses, images.shape[-2:], pairs, backend, fragments, tol_mm)
     return sample_pairs(images, geometry)

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from mvf.camera import (DEPTH_OFFSET, euler_to_matrix, make_pose, matrix_to_euler, project,
+from renderer.camera import (DEPTH_OFFSET, euler_to_matrix, make_pose, matrix_to_euler, project,
                         project_with_depth, to_pytorch3d, view_directions)
-from mvf.facemodel import FaceModel
+from mvf.face.model import FaceModel
 
 
 @pytest.fixture(scope="module")

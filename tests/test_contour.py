@@ -1,4 +1,4 @@
-"""The view-dependent jawline contour search (mvf.contour), checked by projection only."""
+"""The view-dependent jawline contour search (mvf.face.contour), checked by projection only."""
 from __future__ import annotations
 
 import math
@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from mvf.camera import make_pose, project, view_directions
-from mvf.contour import (
+from renderer.camera import make_pose, project, view_directions
+from mvf.face.contour import (
     build_contour_lines, contour_landmarks, jaw_vertex_ids, landmark_vertex_ids_for_view, vertex_normals,
 )
-from mvf.facemodel import FaceModel
+from mvf.face.model import FaceModel
 
 RIGHT_SIDE = list(range(0, 8))  # subject's right jaw (x < 0)
 LEFT_SIDE = list(range(9, 17))

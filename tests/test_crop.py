@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mvf.camera import make_pose, project
-from mvf.crop import ENLARGE, VERTICAL_SHIFT, CropTransform, crop_box, crop_image
+from renderer.camera import make_pose, project
+from mvf.recon.crop import ENLARGE, VERTICAL_SHIFT, CropTransform, crop_box, crop_image
 from mvf.errors import MvfError
 
 
@@ -122,7 +122,7 @@ def test_detection_on_the_crop_maps_back_onto_the_photo():
     from PIL import Image
 
     from mvf.fileio import read_image
-    from mvf.landmarks import LandmarkDetector
+    from mvf.recon.detect import LandmarkDetector
 
     front = Path(__file__).resolve().parents[2] / "shared" / "samples" / "triplet-1" / "front.jpg"
     if not front.is_file():

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mvf.camera import make_pose, project
+from renderer.camera import make_pose, project
 from mvf.data import AugmentConfig, SynthDataset, UnlabelledTriplets, augment_sample, split_subjects
 from mvf.data.augment import Similarity
 from mvf.data.format import FORMAT_VERSION, write_index, write_subject
 from mvf.errors import MvfError
-from mvf.facemodel import FaceModel
+from mvf.face.model import FaceModel
 from mvf.fileio import write_image
-from mvf.landmarks import write_pts
+from mvf.recon.detect import write_pts
 
 SIZE = 64
 MARKED = [8, 30, 36, 45, 48, 54]  # well separated landmarks drawn as bright dots

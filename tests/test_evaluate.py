@@ -9,16 +9,16 @@ import torch
 import trimesh
 
 from mvf.errors import MvfError
-from mvf.evaluate import (
+from mvf.evaluation.micc import (
     Similarity, SurfaceQuery, closest_points_on_triangles, evaluate_meshes, read_landmarks_3d,
     rotation_from_euler_deg, scaled_icp, umeyama,
 )
-from mvf.meshread import MeshData, read_mesh
+from mvf.io.meshread import MeshData, read_mesh
 
 
 @pytest.fixture(scope="module")
 def face():
-    from mvf.facemodel import DEFAULT_ASSET, FaceModel
+    from mvf.face.model import DEFAULT_ASSET, FaceModel
 
     if not DEFAULT_ASSET.is_file():
         pytest.skip("face model asset not built")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mvf.cli import main
-from mvf.facemodel import FaceModel
-from mvf.meshio import load_mesh, save_mesh
-from mvf.params import FaceParams, load_params, random_params, save_params
+from mvf.face.model import FaceModel
+from mvf.io.meshio import load_mesh, save_mesh
+from mvf.face.params import FaceParams, load_params, random_params, save_params
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mvf.errors import MvfError
-from mvf.facemodel import (DEFAULT_ASSET, FaceModel, build_ict_asset, find_ict_source, load_bfm09,
+from mvf.face.model import (DEFAULT_ASSET, FaceModel, build_ict_asset, find_ict_source, load_bfm09,
                            read_obj_vertices)
 
 ICT = find_ict_source(None)

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from mvf.align import aligned_rmse
-from mvf.camera import make_pose, project
+from renderer.camera import make_pose, project
 from mvf.cli import main as mvf_main
 from mvf.config import from_dict
-from mvf.facemodel import FaceModel
-from mvf.fit import (
+from mvf.face.model import FaceModel
+from mvf.recon.fit import (
     CompactLandmarks, FitConfig, _Problem, fit, fitted_landmarks, init_poses_from_landmarks, rotation_derivatives,
 )
-from mvf.selfsup import model_landmarks_2d
+from mvf.losses.selfsup import model_landmarks_2d
 
 TRIPLET = Path(__file__).resolve().parents[2] / "shared" / "samples" / "triplet-1"
 
@@ -65,7 +65,7 @@ def test_compact_landmarks_equal_full_mesh_projection(model):
 def test_rotation_derivatives_match_autograd():
     from torch.func import jacfwd
 
-    from mvf.camera import euler_to_matrix
+    from renderer.camera import euler_to_matrix
 
     angles = torch.tensor([0.3, -0.7, 0.2], dtype=torch.float64)
     auto = jacfwd(euler_to_matrix)(angles)  # (3, 3, 3 angles)
@@ -196,10 +196,10 @@ def test_net_prior_holds_the_start_in_proportion_to_its_weight(model, synthetic_
 
 
 def test_refine_with_landmarks_fits_each_sample_of_a_batch(model, synthetic_subjects):
-    """`mvf.refine.refine_with_landmarks` on a batch of network-like outputs (mean face, true
+    """`mvf.recon.refine.refine_with_landmarks` on a batch of network-like outputs (mean face, true
     poses nudged, true landmarks): every sample's vertex RMSE falls by at least 30 %, the
     landmarks are kept and shapes/dtypes match."""
-    from mvf.refine import RefineSettings, refine_with_landmarks
+    from mvf.recon.refine import RefineSettings, refine_with_landmarks
 
     subjects = synthetic_subjects[:2]
     poses = torch.stack([torch.from_numpy(s.labels["pose"]) for s in subjects])
@@ -240,7 +240,7 @@ def test_mvf_fit_on_the_real_triplet(tmp_path, capsys):
     assert set(params["pose"]) == {"front", "left", "right"} and len(params["id"]) == 60
     # yaw signs follow the conventions: left view negative, right view positive
     assert params["pose"]["left"][2] < -0.2 < 0.2 < params["pose"]["right"][2]
-    from mvf.crop import CropTransform
+    from mvf.recon.crop import CropTransform
 
     for view in ("front", "left", "right"):
         tf = CropTransform.from_dict(params["crop"][view])
@@ -250,7 +250,7 @@ def test_mvf_fit_on_the_real_triplet(tmp_path, capsys):
     photo = read_image(TRIPLET / "front.jpg")
     overlay = read_image(out / "overlay_front.png")
     assert overlay.shape == (photo.shape[0], 3 * photo.shape[1], 3)
-    from mvf.meshio import load_mesh
+    from mvf.io.meshio import load_mesh
 
     mesh = load_mesh(out / "mesh.obj")
     assert mesh.verts.shape == (9409, 3) and mesh.verts_uvs is not None

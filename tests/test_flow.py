@@ -8,7 +8,7 @@ import torch
 
 from mvf.config import from_dict
 from mvf.errors import MvfError
-from mvf.flow import FlowConfig, build_flow, flow_magnitude_loss, flow_to_rgb, warp_image
+from mvf.losses.flow import FlowConfig, build_flow, flow_magnitude_loss, flow_to_rgb, warp_image
 
 BORDER = 12  # pixels left out of error statistics
 

@@ -8,7 +8,7 @@ import pytest
 
 from mvf.errors import MvfError
 from mvf.fileio import read_image
-from mvf.landmarks import (
+from mvf.recon.detect import (
     IBUG_GROUPS, MEDIAPIPE_TO_IBUG68, LandmarkDetector, check_view_order, estimate_yaw,
     load_or_detect, read_landmark_file, write_pts,
 )
@@ -112,8 +112,8 @@ def test_view_order_rules():
 def test_estimate_yaw_on_projected_face_model():
     import torch
 
-    from mvf.camera import make_pose, project
-    from mvf.facemodel import DEFAULT_ASSET, FaceModel
+    from renderer.camera import make_pose, project
+    from mvf.face.model import DEFAULT_ASSET, FaceModel
 
     if not DEFAULT_ASSET.is_file():
         pytest.skip("face model asset not built")

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from mvf.align import aligned_rmse, procrustes
-from mvf.camera import euler_to_matrix, make_pose
-from mvf.facemodel import FaceModel
-from mvf.losses import (LandmarkProjector, coefficient_prior, face_region, landmark_loss, param_loss,
+from renderer.camera import euler_to_matrix, make_pose
+from mvf.face.model import FaceModel
+from mvf.losses.supervised import (LandmarkProjector, coefficient_prior, face_region, landmark_loss, param_loss,
                         pose_loss, vertex_loss)
-from mvf.net import PoseNorm
+from mvf.net.network import PoseNorm
 
 S = 128
 
@@ -127,9 +127,9 @@ def test_losses_have_finite_difference_gradients(face, gt):
 
 
 def test_batched_projector_matches_the_per_view_contour_search(face, gt):
-    """(B, V) batching and gathering reproduce `mvf.contour.contour_landmarks` view by view,
+    """(B, V) batching and gathering reproduce `mvf.face.contour.contour_landmarks` view by view,
     and the side views move some jawline points onto the silhouette."""
-    from mvf.contour import contour_landmarks
+    from mvf.face.contour import contour_landmarks
 
     proj = LandmarkProjector(face)
     lm = proj(gt["verts"], gt["pose"])

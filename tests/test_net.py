@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mvf.backbones import build_backbone
-from mvf.camera import euler_to_matrix, project
+from mvf.net.backbones import build_backbone
+from renderer.camera import euler_to_matrix, project
 from mvf.errors import MvfError
-from mvf.facemodel import FaceModel
-from mvf.net import FACE_FILL, PoseNorm, build_network
+from mvf.face.model import FaceModel
+from mvf.net.network import FACE_FILL, PoseNorm, build_network
 from mvf.train.config import ModelConfig
 
 
@@ -171,7 +171,7 @@ def test_vgg_loads_torchvision_vgg16_bn_features(tmp_path):
 
 
 def test_soft_argmax_known_answers():
-    from mvf.net import soft_argmax
+    from mvf.net.network import soft_argmax
 
     logits = torch.full((1, 2, 12, 12), -50.0)
     logits[0, 0, 3, 7] = 50.0  # a sharp peak in cell (row 3, col 7)
@@ -227,11 +227,11 @@ def test_landmark_input_errors(face):
 
 
 def test_predict_refines_towards_the_head_landmarks(face):
-    """With ``refine: landmarks``, `mvf.refine.predict` returns the network's output fitted to its
+    """With ``refine: landmarks``, `mvf.recon.refine.predict` returns the network's output fitted to its
     own landmarks: the refined shape and poses reproject closer to them than the raw
     regression does, and landmarks are kept. With ``refine: none`` it is the network itself."""
-    from mvf.losses import LandmarkProjector
-    from mvf.refine import predict
+    from mvf.losses.supervised import LandmarkProjector
+    from mvf.recon.refine import predict
 
     net = _net(face, image_size=64, fusion="concat", hidden=32, landmark_head=True, refine="landmarks")
     torch.manual_seed(1)
@@ -283,7 +283,7 @@ def test_bf16_precision_matches_fp32_and_trains(face):
 def test_backbone_pyramid_strides_and_depths(backbone):
     """`Backbone.pyramid` gives maps at strides 4, 8, 16 and 32 of the declared depths; the last
     is the backbone's own output (what the pooled view feature uses)."""
-    from mvf.backbones import build_backbone
+    from mvf.net.backbones import build_backbone
 
     torch.manual_seed(0)
     net = build_backbone(backbone).eval()

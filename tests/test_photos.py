@@ -1,4 +1,4 @@
-"""Photos -> crops -> fit -> texture -> outputs on the full photos (`mvf.photos`), on a synthetic
+"""Photos -> crops -> fit -> texture -> outputs on the full photos (`mvf.recon.photos`), on a synthetic
 triplet enlarged 3x (a 'photo' larger than the crop) with its true landmarks as landmark files."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mvf.camera import project
-from mvf.facemodel import FaceModel
-from mvf.fit import FitConfig, fitted_landmarks
-from mvf.photos import overlay_sheet, prepare_views, reconstruct_photos, texture_sources
-from mvf.texture import sample_images
+from renderer.camera import project
+from mvf.face.model import FaceModel
+from mvf.recon.fit import FitConfig, fitted_landmarks
+from mvf.recon.photos import overlay_sheet, prepare_views, reconstruct_photos, texture_sources
+from mvf.recon.texture import sample_images
 
 VIEWS = ("front", "left", "right")
 UP = 3  # the 'photos' are the 224 px renders enlarged 3x

@@ -10,7 +10,7 @@ import torch
 from conftest import smoke_args
 from mvf.cli import main
 from mvf.errors import MvfError
-from mvf.facemodel import FaceModel
+from mvf.face.model import FaceModel
 from mvf.fileio import read_image
 
 
@@ -32,9 +32,9 @@ def mean_checkpoint(tiny_synth, tmp_path_factory):
 
 
 def test_reconstruct_end_to_end(tiny_synth, smoke_checkpoint, tmp_path):
-    from mvf.meshio import load_mesh
-    from mvf.params import load_params
-    from mvf.reconstruct import load_model
+    from mvf.io.meshio import load_mesh
+    from mvf.face.params import load_params
+    from mvf.recon.pipeline import load_model
 
     subject = tiny_synth / "000001"
     out = tmp_path / "rec"
@@ -69,7 +69,7 @@ def test_poses_follow_the_input_image_size(smoke_checkpoint, tiny_synth, tmp_pat
     the larger images' pixels (x2)."""
     import torch.nn.functional as tnf
 
-    from mvf.reconstruct import load_model, reconstruct
+    from mvf.recon.pipeline import load_model, reconstruct
 
     model = load_model(smoke_checkpoint)
     subject = tiny_synth / "000002"
@@ -132,7 +132,7 @@ def test_concat_needs_all_three_views(cli, smoke_checkpoint, tiny_synth, tmp_pat
 
 
 def test_input_errors(cli, smoke_checkpoint, tiny_synth, tmp_path):
-    from mvf.reconstruct import gather_views, load_model, reconstruct
+    from mvf.recon.pipeline import gather_views, load_model, reconstruct
 
     subject = tiny_synth / "000001"
     _one_line(cli("--checkpoint", str(smoke_checkpoint), "--out", str(tmp_path / "o")), "no input images")
@@ -174,7 +174,7 @@ def test_checkpoint_errors(cli, smoke_checkpoint, tiny_synth, tmp_path):
 def test_overlay_draws_the_mesh_where_the_pose_puts_it(tiny_synth):
     """With the ground-truth face and pose the overlay's changed pixels match the face mask."""
     from mvf.data import SynthDataset
-    from mvf.reconstruct import overlay
+    from mvf.recon.pipeline import overlay
 
     face = FaceModel.load()
     sample = SynthDataset(tiny_synth)[0]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mvf.cli import main
-from mvf.facemodel import DEFAULT_ASSET
+from mvf.face.model import DEFAULT_ASSET
 from mvf.fileio import read_image
 from renderer.pictures import TITLE_PX, compose, heat, view_panels, view_sheets
 
@@ -29,7 +29,7 @@ def test_heat_and_compose():
 @needs_model
 def test_view_sheets_of_a_synthetic_triplet_show_near_zero_error():
     from mvf.commands.visualize import random_scene
-    from mvf.facemodel import FaceModel
+    from mvf.face.model import FaceModel
 
     model = FaceModel.load()
     verts, poses, images, _ = random_scene(model, seed=3, size=64)

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from mvf.camera import make_pose, project, project_with_depth
-from mvf.errors import MvfError
-from mvf.facemodel import DEFAULT_ASSET, FaceModel
+from renderer.camera import make_pose, project, project_with_depth
+from renderer.errors import RendererError
+from mvf.face.model import DEFAULT_ASSET, FaceModel
 from renderer import RendererConfig, rasterize, resolve_backend, surface_points
 from renderer.raster import fast_pix_to_face, fragments_from_pix_to_face
 
@@ -103,7 +103,7 @@ def test_fast_matches_pytorch3d_on_random_meshes(kind):
 
 def test_coverage_and_depth_of_a_known_triangle():
     """Both backends cover exactly the pixel centres inside the projected triangle, with the
-    plane's depth there: checks that rasterization lands where mvf.camera.project puts vertices."""
+    plane's depth there: checks that rasterization lands where renderer.camera.project puts vertices."""
     verts = torch.tensor([[[-40.0, -30.0, 5.0], [45.0, -20.0, -10.0], [-5.0, 50.0, 20.0]]])
     faces = torch.tensor([[0, 1, 2]])
     pose = make_pose(0.4, 15, -25, 10, 31.3, 27.8)[None]
@@ -190,16 +190,16 @@ def test_backend_selection_and_errors():
     assert resolve_backend("auto", "cuda") == "pytorch3d"
     assert resolve_backend("pytorch3d", "cpu") == "pytorch3d"
     assert RendererConfig().backend == "auto"
-    with pytest.raises(MvfError, match="unknown"):
+    with pytest.raises(RendererError, match="unknown"):
         RendererConfig(backend="opengl")
-    with pytest.raises(MvfError):
+    with pytest.raises(RendererError):
         RendererConfig(vis_tol_mm=-1.0)
     verts = torch.zeros(1, 3, 3)
-    with pytest.raises(MvfError, match="unknown"):
+    with pytest.raises(RendererError, match="unknown"):
         rasterize(verts, torch.tensor([[0, 1, 2]]), torch.zeros(1, 6), 8, backend="bogus")
-    with pytest.raises(MvfError, match="vertex ids"):
+    with pytest.raises(RendererError, match="vertex ids"):
         rasterize(verts, torch.tensor([[0, 1, 3]]), torch.zeros(1, 6), 8)
-    with pytest.raises(MvfError, match="number of views"):
+    with pytest.raises(RendererError, match="number of views"):
         rasterize(torch.zeros(2, 3, 3), torch.tensor([[0, 1, 2]]), torch.zeros(3, 6), 8)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mvf.camera import make_pose
-from mvf.facemodel import DEFAULT_ASSET, FaceModel
+from renderer.camera import make_pose
+from mvf.face.model import DEFAULT_ASSET, FaceModel
 from renderer import Lights, interpolate_vertex_attr, pixel_mask, rasterize, render
 from renderer.textures import smooth_random_colours
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mvf.camera import make_pose, project_with_depth, view_directions
-from mvf.errors import MvfError
-from mvf.facemodel import DEFAULT_ASSET, FaceModel
+from renderer.camera import make_pose, project_with_depth, view_directions
+from renderer.errors import RendererError
+from mvf.face.model import DEFAULT_ASSET, FaceModel
 from renderer import (
     ALL_PAIRS, covisibility, cross_view_warp, depth_test, rasterize, render, surface_planes,
     vertex_visibility,
@@ -190,9 +190,9 @@ def test_batching_pair_subsets_fragments_and_errors():
     frags = rasterize(verts2[:, None].expand(2, 3, -1, -1), faces, poses, 48)
     pre_w, pre_v = cross_view_warp(images, verts2, faces, poses, fragments=frags)
     assert torch.allclose(pre_w, warped, atol=1e-6) and torch.equal(pre_v, valid)
-    with pytest.raises(MvfError):
+    with pytest.raises(RendererError):
         cross_view_warp(images, verts2, faces, poses, pairs=[(1, 1)])
-    with pytest.raises(MvfError):
+    with pytest.raises(RendererError):
         cross_view_warp(images, verts2, faces, poses, pairs=[(0, 3)])
-    with pytest.raises(MvfError):
+    with pytest.raises(RendererError):
         cross_view_warp(images[:, :2], verts2, faces, poses)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from mvf.align import aligned_rmse
-from mvf.camera import make_pose, project, project_with_depth
-from mvf.contour import contour_landmarks
-from mvf.facemodel import FaceModel
-from mvf.fit import FitConfig, fit
-from mvf.selfsup import (
+from renderer.camera import make_pose, project, project_with_depth
+from mvf.face.contour import contour_landmarks
+from mvf.face.model import FaceModel
+from mvf.recon.fit import FitConfig, fit
+from mvf.losses.selfsup import (
     CrossViewConfig, cross_view_losses, inner_face_region, masked_blur, match_colours, photometric_loss,
     points_in_polygon,
 )

@@ -29,8 +29,8 @@ def selfsup_args(data, out, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def setup():
     """(config, face model, network, loss context) of configs/selfsup_smoke.yaml on the CPU."""
-    from mvf.facemodel import FaceModel
-    from mvf.net import build_network
+    from mvf.face.model import FaceModel
+    from mvf.net.network import build_network
     from mvf.train.config import load_train_config
     from mvf.train.loop import build_context
 
@@ -100,7 +100,7 @@ def test_gradients_reach_the_backbone_through_warp_and_flow(tiny_synth, smoke_ch
 
 
 def test_photo_size_scales_poses_exactly_and_front_pairs(setup):
-    from mvf.camera import project
+    from renderer.camera import project
     from mvf.train.selfsup_stage import at_photo_size, view_pairs
 
     _, face, _, _ = setup

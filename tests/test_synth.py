@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from mvf.camera import project
+from renderer.camera import project
 from mvf.config import from_dict, load_config
-from mvf.contour import build_contour_lines, jaw_vertex_ids
+from mvf.face.contour import build_contour_lines, jaw_vertex_ids
 from mvf.data.caps import HoleCaps
 from mvf.data.config import SynthConfig
 from mvf.data.format import (
@@ -18,9 +18,9 @@ from mvf.data.format import (
 )
 from mvf.data.synth import generate
 from mvf.errors import MvfError
-from mvf.facemodel import FaceModel
+from mvf.face.model import FaceModel
 from mvf.fileio import read_image
-from mvf.views import VIEWS
+from renderer.views import VIEWS
 
 SIZE = 96
 
@@ -50,7 +50,7 @@ def _decode(model, labels):
 
 
 def test_index_files_and_label_shapes(dataset, model):
-    from mvf.meshio import load_mesh
+    from mvf.io.meshio import load_mesh
 
     index = read_index(dataset)
     assert index["format_version"] == FORMAT_VERSION and index["seed"] == 11 and index["size"] == SIZE
@@ -132,7 +132,7 @@ def test_jawline_lies_on_the_rendered_silhouette(dataset, model):
 def test_masks_are_the_meshes_rasterized_coverage(dataset, model):
     from renderer import rasterize
 
-    from mvf.contour import vertex_normals
+    from mvf.face.contour import vertex_normals
 
     caps = HoleCaps.from_model(model)
     faces_all = torch.cat([model.faces, caps.faces])

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from mvf.camera import make_pose
-from mvf.facemodel import FaceModel
-from mvf.geometry import fill_vertex_holes, vertex_normals
-from mvf.meshio import load_mesh, save_mesh
-from mvf.texture import TextureConfig, push_pull_fill, uv_texture, vertex_colours
+from renderer.camera import make_pose
+from mvf.face.model import FaceModel
+from mvf.face.mesh import fill_vertex_holes, vertex_normals
+from mvf.io.meshio import load_mesh, save_mesh
+from mvf.recon.texture import TextureConfig, push_pull_fill, uv_texture, vertex_colours
 from renderer import Lights, render
 
 
@@ -104,7 +104,7 @@ def test_exposure_matching_removes_per_view_gains(scene):
     model, verts, albedo, poses, images = scene
     gains = torch.tensor([[1.0, 1.0, 1.0], [1.3, 1.2, 1.35], [0.8, 0.85, 0.75]])
     exposed = (images * gains[:, :, None, None]).clamp(0, 1)
-    from mvf.texture import texture_from_views
+    from mvf.recon.texture import texture_from_views
 
     on = texture_from_views(verts, model.faces, poses, (128, 128), exposed, cfg=TextureConfig())
     off = texture_from_views(verts, model.faces, poses, (128, 128), exposed, cfg=TextureConfig(match_exposure=False))
@@ -119,7 +119,7 @@ def test_fast_exporters_round_trip(scene, tmp_path):
     """`save_textured_obj` and `save_coloured_ply` read back through PyTorch3D and trimesh."""
     from pytorch3d.io import load_obj
 
-    from mvf.texture import save_coloured_ply, save_textured_obj
+    from mvf.recon.texture import save_coloured_ply, save_textured_obj
 
     model, verts, albedo, *_ = scene
     tex = torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(0))
@@ -142,7 +142,7 @@ def test_turntable_renders_a_textured_obj(scene, tmp_path):
     from pathlib import Path
 
     from mvf.fileio import read_image
-    from mvf.texture import save_textured_obj
+    from mvf.recon.texture import save_textured_obj
 
     model, verts, *_ = scene
     red = torch.zeros(32, 32, 3)

@@ -22,9 +22,9 @@ def test_labels_give_zero_loss_at_the_ground_truth(tiny_synth):
     """The supervised terms vanish when the 'prediction' is the stored ground truth, also when
     the dataset resizes the images (pose and landmarks scaled with them)."""
     from mvf.data import SynthDataset
-    from mvf.facemodel import FaceModel
-    from mvf.losses import LandmarkProjector, face_region
-    from mvf.net import PoseNorm
+    from mvf.face.model import FaceModel
+    from mvf.losses.supervised import LandmarkProjector, face_region
+    from mvf.net.network import PoseNorm
     from mvf.train.config import ModelConfig
     from mvf.train.stages import LossContext, supervised_terms
 
@@ -151,8 +151,8 @@ def test_geometry_stage_frames_views_like_the_renders(tiny_synth):
     """`frame_views` rebuilds a synthetic subject's stored poses and landmarks from its face,
     view angles and framing (fill, shift read back from the stored landmark box)."""
     from mvf.data import SynthDataset
-    from mvf.facemodel import FaceModel
-    from mvf.losses import LandmarkProjector
+    from mvf.face.model import FaceModel
+    from mvf.losses.supervised import LandmarkProjector
     from mvf.train.geometry_stage import frame_views
 
     face = FaceModel.load()
@@ -174,9 +174,9 @@ def test_geometry_stage_learns_shape_from_landmarks(tiny_synth, tmp_path):
     """A short geometry stage (sampled faces, no images) lowers the vertex error on held-out
     real renders' labels below the mean face's, through the landmark branch alone."""
     from mvf.data import SynthDataset
-    from mvf.reconstruct import load_model
+    from mvf.recon.pipeline import load_model
     from mvf.align import aligned_rmse
-    from mvf.losses import face_region
+    from mvf.losses.supervised import face_region
 
     run = tmp_path / "geo"
     args = smoke_args(tiny_synth, run, "--set", "stages.0.steps=200", "--set", "model.hidden=512",
@@ -199,7 +199,7 @@ def test_geometry_stage_learns_shape_from_landmarks(tiny_synth, tmp_path):
 
 def test_frozen_parameters_never_move(tiny_synth, tmp_path):
     """``freeze`` prefixes: those parameters keep their values while the rest trains."""
-    from mvf.reconstruct import load_model
+    from mvf.recon.pipeline import load_model
     from mvf.train.checkpoint import load_checkpoint
 
     run = tmp_path / "frozen"

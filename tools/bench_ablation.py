@@ -95,7 +95,7 @@ def photometric_error(net, loader, ctx) -> float:
     """Mean cross-view photometric error (1/255) of the network's predictions over ``loader``."""
     import torch
 
-    from mvf.selfsup import CrossViewConfig, cross_view_losses, inner_face_region
+    from mvf.losses.selfsup import CrossViewConfig, cross_view_losses, inner_face_region
     from mvf.train.validation import to_device
 
     region = inner_face_region(ctx.face)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mvf.data import SynthDataset
     from mvf.errors import MvfError
-    from mvf.reconstruct import load_model
+    from mvf.recon.pipeline import load_model
     from mvf.train import checkpoint as ckpt_io
     from mvf.train.config import validate
     from mvf.train.loop import Trainer, build_context

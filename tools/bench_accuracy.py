@@ -54,12 +54,12 @@ def mean_face_rmse(ds, ctx) -> float:
 def landmark_branch_diagnostics(net, loader, ctx) -> dict:
     """For networks with a landmark branch: the landmark head's own 2D error (px, model input),
     the rigid vertex RMSE (mm) the geometry branch reaches when fed the *true* 2D landmarks, and
-    the RMSE of the landmark refinement (`mvf.refine`) on the true landmarks: upper bounds on
+    the RMSE of the landmark refinement (`mvf.recon.refine`) on the true landmarks: upper bounds on
     what better landmarks alone could give."""
     import torch
 
     from mvf.align import aligned_rmse
-    from mvf.refine import refine_with_landmarks, settings_for
+    from mvf.recon.refine import refine_with_landmarks, settings_for
 
     head_err, oracle, oracle_fit = [], [], []
     with torch.no_grad():
@@ -78,7 +78,7 @@ def landmark_branch_diagnostics(net, loader, ctx) -> dict:
 
 
 def with_refine(model, refine: str):
-    """``model`` (a `mvf.reconstruct.LoadedModel`) with ``model.refine`` replaced."""
+    """``model`` (a `mvf.recon.pipeline.LoadedModel`) with ``model.refine`` replaced."""
     import dataclasses
 
     model_cfg = dataclasses.replace(model.cfg.model, refine=refine)
@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from mvf.data import SynthDataset
     from mvf.errors import MvfError
-    from mvf.losses import LandmarkProjector, face_region
-    from mvf.reconstruct import load_model
-    from mvf.refine import predict
+    from mvf.losses.supervised import LandmarkProjector, face_region
+    from mvf.recon.pipeline import load_model
+    from mvf.recon.refine import predict
     from mvf.train.stages import LossContext
     from mvf.train.validation import evaluate
 

@@ -21,12 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mvf.evaluate import (  # noqa: E402
+from mvf.evaluation.micc import (  # noqa: E402
     Similarity, SurfaceQuery, evaluate_meshes, rotation_from_euler_deg,
 )
-from mvf.facemodel import FaceModel  # noqa: E402
+from mvf.face.model import FaceModel  # noqa: E402
 from mvf.fileio import write_json  # noqa: E402
-from mvf.meshread import MeshData  # noqa: E402
+from mvf.io.meshread import MeshData  # noqa: E402
 
 
 def cases():

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from mvf.align import aligned_rmse  # noqa: E402
 from mvf.config import load_config  # noqa: E402
-from mvf.facemodel import FaceModel  # noqa: E402
-from mvf.fit import FitConfig, fit, fitted_landmarks  # noqa: E402
+from mvf.face.model import FaceModel  # noqa: E402
+from mvf.recon.fit import FitConfig, fit, fitted_landmarks  # noqa: E402
 
 
 def child_cpu() -> float:

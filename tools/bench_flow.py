@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mvf.flow import FlowConfig, build_flow, flow_magnitude_loss, warp_image  # noqa: E402
+from mvf.losses.flow import FlowConfig, build_flow, flow_magnitude_loss, warp_image  # noqa: E402
 
 
 def make_pairs(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mvf.camera import make_pose  # noqa: E402
-from mvf.facemodel import FaceModel  # noqa: E402
+from renderer.camera import make_pose  # noqa: E402
+from mvf.face.model import FaceModel  # noqa: E402
 from renderer import ALL_PAIRS, cross_view_warp, rasterize  # noqa: E402
 
 SIZE = 224

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from mvf.data.config import SynthConfig
     from mvf.data.format import subject_name, write_subject
     from mvf.data.synth import SynthGenerator, generate
-    from mvf.facemodel import FaceModel
+    from mvf.face.model import FaceModel
 
     model = FaceModel.load()
     cfg = SynthConfig()

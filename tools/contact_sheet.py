@@ -17,7 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mvf.errors import MvfError  # noqa: E402
-from mvf.views import VIEWS  # noqa: E402
+from renderer.views import VIEWS  # noqa: E402
 
 
 def subject_dirs(root: Path) -> list[Path]:

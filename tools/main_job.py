@@ -43,10 +43,10 @@ def report(recon: Path, subject_dir: Path) -> dict:
     import torch
 
     from mvf.align import aligned_rmse
-    from mvf.facemodel import FaceModel
-    from mvf.params import load_params
-    from mvf.selfsup import model_landmarks_2d
-    from mvf.views import VIEWS
+    from mvf.face.model import FaceModel
+    from mvf.face.params import load_params
+    from mvf.losses.selfsup import model_landmarks_2d
+    from renderer.views import VIEWS
 
     model = FaceModel.load()
     labels = np.load(subject_dir / "labels.npz")

@@ -22,10 +22,10 @@ import torch.nn.functional as tnf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mvf.camera import euler_to_matrix, make_pose  # noqa: E402
+from renderer.camera import euler_to_matrix, make_pose  # noqa: E402
 from mvf.errors import MvfError  # noqa: E402
 from mvf.fileio import write_image  # noqa: E402
-from mvf.geometry import vertex_normals  # noqa: E402
+from mvf.face.mesh import vertex_normals  # noqa: E402
 
 
 @dataclass
@@ -52,7 +52,7 @@ def load_for_render(path: Path, caps: bool = True, frame: str = "face") -> Rende
     closes the eye and mouth holes with `mvf.data.caps.HoleCaps` (scenery: plain colours) and
     ``frame="face"`` centres the view on the 68 landmarks instead of the whole head and neck.
     """
-    from mvf.meshio import load_mesh
+    from mvf.io.meshio import load_mesh
 
     uvs = tex = None
     if path.suffix.lower() == ".obj":
@@ -77,7 +77,7 @@ def load_for_render(path: Path, caps: bool = True, frame: str = "face") -> Rende
     radius = float((verts - centre).norm(dim=-1).max())
     model = None
     if caps or frame == "face":
-        from mvf.facemodel import FaceModel
+        from mvf.face.model import FaceModel
 
         try:
             model = FaceModel.load()

@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mvf.facemodel import DEFAULT_ASSET, build_ict_asset, find_ict_source
+    from mvf.face.model import DEFAULT_ASSET, build_ict_asset, find_ict_source
 
     src = find_ict_source(args.ict)
     out = Path(args.out) if args.out else DEFAULT_ASSET

@@ -32,9 +32,9 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mvf.errors import MvfError
-    from mvf.evaluate import evaluate_meshes, format_table, read_landmarks_3d
+    from mvf.evaluation.micc import evaluate_meshes, format_table, read_landmarks_3d
     from mvf.fileio import atomic_path, write_json
-    from mvf.meshread import read_mesh
+    from mvf.io.meshread import read_mesh
 
     if args.crop_radius <= 0:
         raise MvfError(f"--crop-radius {args.crop_radius:g}: must be positive")

@@ -26,10 +26,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from mvf.facemodel import FaceModel
+    from mvf.face.model import FaceModel
     from mvf.fileio import atomic_path, read_image
-    from mvf.meshio import check_mesh_suffix, save_mesh
-    from mvf.params import load_params, random_params
+    from mvf.io.meshio import check_mesh_suffix, save_mesh
+    from mvf.face.params import load_params, random_params
 
     out = Path(args.out)
     suffix = check_mesh_suffix(out)

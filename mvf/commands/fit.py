@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mvf.views import VIEWS
+from renderer.views import VIEWS
 
 
 def add_view_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,7 +50,7 @@ def add_parser(sub) -> None:
                     "overlay_<view>.png on the full photos and timing.json.")
     add_view_arguments(p)
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--config", metavar="YAML", help="fit settings (mvf.fit.FitConfig keys, e.g. configs/fit.yaml)")
+    p.add_argument("--config", metavar="YAML", help="fit settings (mvf.recon.fit.FitConfig keys, e.g. configs/fit.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a fit setting, e.g. --set photo_steps=20")
     p.add_argument("--size", type=int, default=224, help="crop size in pixels (default 224)")
@@ -68,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
     from mvf.config import load_config
     from mvf.errors import MvfError
-    from mvf.facemodel import FaceModel
-    from mvf.fit import FitConfig
-    from mvf.photos import prepare_views, print_timing, reconstruct_photos
-    from mvf.texture import TextureConfig
+    from mvf.face.model import FaceModel
+    from mvf.recon.fit import FitConfig
+    from mvf.recon.photos import prepare_views, print_timing, reconstruct_photos
+    from mvf.recon.texture import TextureConfig
 
     if args.threads < 1:
         raise MvfError(f"--threads {args.threads}: must be >= 1")

@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
                         "training framing (none); auto = none with --checkpoint, detect without")
     p.add_argument("--refine-steps", type=int, default=0, metavar="N",
                    help="test-time fitting steps after the network's prediction (implies landmarks)")
-    p.add_argument("--fit-config", metavar="YAML", help="fitting settings (mvf.fit.FitConfig keys)")
+    p.add_argument("--fit-config", metavar="YAML", help="fitting settings (mvf.recon.fit.FitConfig keys)")
     p.add_argument("--auto-order", action="store_true",
                    help="reassign photos whose detected yaw contradicts their slot")
     p.add_argument("--threads", type=int, default=1,
@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     crop = args.crop if args.crop != "auto" else ("none" if args.checkpoint else "detect")
     if args.checkpoint is None or crop == "detect" or args.refine_steps > 0:
         return run_photos(args, crop)
-    from mvf.reconstruct import check_views, gather_views, load_model, read_views, reconstruct, write_outputs
-    from mvf.views import VIEWS
+    from mvf.recon.pipeline import check_views, gather_views, load_model, read_views, reconstruct, write_outputs
+    from renderer.views import VIEWS
 
     paths = gather_views(args.front, args.left, args.right, args.images)
     model = load_model(args.checkpoint, args.device)
@@ -64,9 +64,9 @@ def run_photos(args: argparse.Namespace, crop: str) -> int:
     from mvf.commands.fit import view_paths
     from mvf.config import load_config
     from mvf.errors import MvfError
-    from mvf.facemodel import FaceModel
-    from mvf.fit import FitConfig
-    from mvf.photos import prepare_views, print_timing, reconstruct_photos
+    from mvf.face.model import FaceModel
+    from mvf.recon.fit import FitConfig
+    from mvf.recon.photos import prepare_views, print_timing, reconstruct_photos
 
     import torch
 
@@ -79,7 +79,7 @@ def run_photos(args: argparse.Namespace, crop: str) -> int:
     init = None
     net = None
     if args.checkpoint:
-        from mvf.reconstruct import check_views, load_model
+        from mvf.recon.pipeline import check_views, load_model
 
         net = load_model(args.checkpoint, args.device)
         check_views(net.net, tuple(v for v in ("front", "left", "right") if v in paths), args.images or "inputs")
@@ -95,7 +95,7 @@ def run_photos(args: argparse.Namespace, crop: str) -> int:
         print(f"warning: {w}")
     timing = {"load": t1 - t0, "landmarks+crop": time.perf_counter() - t1}
     if net is not None:
-        from mvf.reconstruct import reconstruct
+        from mvf.recon.pipeline import reconstruct
 
         t2 = time.perf_counter()
         crops = {v: (views.crops[i].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)

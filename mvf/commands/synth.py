@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from mvf.config import load_config
     from mvf.data.config import SynthConfig
     from mvf.data.synth import generate
-    from mvf.facemodel import FaceModel
+    from mvf.face.model import FaceModel
 
     import torch
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mvf.errors import MvfError, file_error
-from mvf.views import VIEWS
+from renderer.views import VIEWS
 
 
 def add_parser(sub) -> None:
@@ -39,12 +39,12 @@ def add_parser(sub) -> None:
 
 # ----------------------------------------------------------------------------- params
 def read_params(path: str | Path, model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read a params JSON (`mvf.params`): ``(id (k_id,), exp (k_exp,), poses (3, 6))``.
+    """Read a params JSON (`mvf.face.params`): ``(id (k_id,), exp (k_exp,), poses (3, 6))``.
 
     Extra keys (e.g. those `mvf reconstruct` and `mvf fit` add) are ignored; the three poses are
     required. `MvfError` naming the file on bad input.
     """
-    from mvf.params import load_params
+    from mvf.face.params import load_params
 
     params = load_params(path, model)
     missing = [v for v in VIEWS if v not in params.pose]
@@ -88,7 +88,7 @@ def random_scene(model, seed: int, size: int, backend: str = "auto"):
 
     Returns ``(verts (Nv, 3), poses (3, 6), images (3, 3, S, S), params dict)``.
     """
-    from mvf.camera import make_pose
+    from renderer.camera import make_pose
     from renderer.shading import render
     from renderer.textures import smooth_random_colours
 
@@ -114,10 +114,10 @@ def random_scene(model, seed: int, size: int, backend: str = "auto"):
 
 # ----------------------------------------------------------------------------- command
 def run(args: argparse.Namespace) -> int:
-    from mvf.facemodel import FaceModel
+    from mvf.face.model import FaceModel
     from mvf.fileio import write_image, write_json
-    from mvf.flow import build_flow
-    from mvf.selfsup import inner_face_region
+    from mvf.losses.flow import build_flow
+    from mvf.losses.selfsup import inner_face_region
     from mvf.train.selfsup_stage import cross_view_sheets
 
     if args.size is not None and not 8 <= args.size <= 4096:

@@ -5,7 +5,7 @@ anticlockwise as seen in the image, shift ``t`` px) maps pixel positions
 ``p' = s M (p - c) + c + t`` with ``M = [[cos, sin], [-sin, cos]]`` (image axes, v down). The
 image and masks are resampled; landmarks map the same way; the weak-perspective pose follows
 exactly: ``f' = s f``, roll ``gamma' = gamma + theta``, ``(tx', ty') = s M ((tx, ty) - c) + c + t``
-(see `mvf.camera`). Landmarks pushed out of the image become invisible.
+(see `renderer.camera`). Landmarks pushed out of the image become invisible.
 
 Photometric: brightness, contrast, saturation, hue, Gaussian blur and Gaussian noise.
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from mvf.errors import MvfError, file_error
 from mvf.fileio import write_bytes, write_json
-from mvf.views import VIEWS
+from renderer.views import VIEWS
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"

@@ -4,7 +4,7 @@
 subjects at a time, through `renderer.rasterize` and `renderer.interpolate_vertex_attr`:
 
 1. decode the mesh (mm) from the drawn identity and expression;
-2. per view, find the jawline's silhouette vertices (`mvf.contour`), then choose the scale
+2. per view, find the jawline's silhouette vertices (`mvf.face.contour`), then choose the scale
    ``f`` and offset ``tx, ty`` so the 68-landmark box fills the drawn fraction of the image;
 3. shade per vertex: albedo x (ambient + sum of Lambertian directional lights fixed in model
    space), so a surface point has the same colour in every view; the eye and mouth holes get
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvf.camera import project, project_with_depth
+from renderer.camera import project, project_with_depth
 from mvf.config import to_dict
-from mvf.contour import build_contour_lines, jaw_vertex_ids, vertex_normals
+from mvf.face.contour import build_contour_lines, jaw_vertex_ids, vertex_normals
 from mvf.data.albedo import AlbedoFields
 from mvf.data.background import gaussian_blur, make_background
 from mvf.data.caps import HoleCaps
@@ -40,7 +40,7 @@ from mvf.data.format import (
 )
 from mvf.data.sampling import SubjectDraw, sample_distractor, sample_subject
 from mvf.errors import MvfError
-from mvf.views import VIEWS
+from renderer.views import VIEWS
 
 REFERENCE_SIZE = 224  # blur sigmas in the config are pixels at this size
 VIS_TOL_MM = 1.5
@@ -147,7 +147,7 @@ class SynthGenerator:
         self.n_model_faces = model.faces.shape[0]
         self.faces_all = torch.cat([model.faces, self.caps.faces.to(self.device)], 0)
         self.exp_names = list(model.exp_names)
-        # dense candidate lines (the asset's are sparse; see mvf.contour.build_contour_lines)
+        # dense candidate lines (the asset's are sparse; see mvf.face.contour.build_contour_lines)
         self.lines = build_contour_lines(model.mean, model.faces, model.landmarks).to(self.device)
         self._pools: dict[int, list[np.ndarray]] = {}
 
@@ -331,7 +331,7 @@ def dataset_settings(cfg: SynthConfig, model, seed: int, size: int) -> dict:
         "size": int(size),
         "model": {"asset_id": model.asset_id, "region": model.region, "n_id": model.n_id,
                   "n_exp": model.n_exp},
-        "jawline": "silhouette contour search (mvf.contour) on build_contour_lines candidates",
+        "jawline": "silhouette contour search (mvf.face.contour) on build_contour_lines candidates",
     }
 
 

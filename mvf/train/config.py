@@ -17,9 +17,9 @@ from typing import Literal
 from mvf.config import load_config, to_dict
 from mvf.data.augment import AugmentConfig
 from mvf.errors import MvfError
-from mvf.flow import FlowConfig
-from mvf.selfsup import CrossViewConfig
-from mvf.views import VIEWS
+from mvf.losses.flow import FlowConfig
+from mvf.losses.selfsup import CrossViewConfig
+from renderer.views import VIEWS
 
 BACKBONES = ("vgg", "resnet18", "mobilenet_v3_small")
 FUSIONS = ("concat", "mean", "attention")
@@ -27,7 +27,7 @@ FUSIONS = ("concat", "mean", "attention")
 
 @dataclass
 class ModelConfig:
-    """The network (`mvf.net.MVFNet`)."""
+    """The network (`mvf.net.network.MVFNet`)."""
 
     backbone: Literal["vgg", "resnet18", "mobilenet_v3_small"] = "resnet18"
     image_size: int = 128  # px, square input; other sizes are resized to it
@@ -38,7 +38,7 @@ class ModelConfig:
     hidden: int = 512  # width of the 3DMM head's hidden layer
     spatial: int = 32  # channels of the flattened spatial branch (keeps where the face is); 0 = off
     landmark_head: bool = False  # 68 stride-4 heat maps (feature pyramid) + soft-argmax, fed to both heads
-    refine: Literal["none", "landmarks"] = "none"  # landmarks: fit the 3DMM to the head's landmarks (mvf.refine)
+    refine: Literal["none", "landmarks"] = "none"  # landmarks: fit the 3DMM to the head's landmarks (mvf.recon.refine)
     refine_steps: int = 20  # the refinement's Levenberg-Marquardt iterations at most
     refine_w_net: float = 1.0  # its prior towards the network's coefficients (mean squared difference)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the backbone and landmark head run under
@@ -95,7 +95,7 @@ class StageConfig:
     # schedule then follows max(step fraction, time fraction). Not bit-reproducible (load-dependent).
     reset_optimizer: bool = True  # fresh Adam state when this stage starts
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes this stage leaves
-    # unchanged, e.g. [geometry, geo_] (see `mvf.net.MVFNet`)
+    # unchanged, e.g. [geometry, geo_] (see `mvf.net.network.MVFNet`)
     landmark_noise_px: float = 1.5  # geometry stages: Gaussian noise on the input landmarks, px
     # self_supervised stages only (`mvf.train.selfsup_stage`; other kinds ignore these):
     cross_view: CrossViewConfig = field(default_factory=CrossViewConfig)  # mask erosion, distance

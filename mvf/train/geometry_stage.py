@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mvf.errors import MvfError
-from mvf.losses import coefficient_prior, landmark_loss, param_loss, pose_loss, vertex_loss
-from mvf.views import VIEWS
+from mvf.losses.supervised import coefficient_prior, landmark_loss, param_loss, pose_loss, vertex_loss
+from renderer.views import VIEWS
 
 LOSS_TERMS = ("vertex", "params", "pose", "landmark", "prior")
 VIRTUAL_ITEMS = 1_000_000  # the stream of sampled faces is indexed 0 .. VIRTUAL_ITEMS - 1
@@ -98,7 +98,7 @@ def geometry_dataset(req) -> Dataset:
     """Sampled faces with the generator settings of the stage's data root."""
     if not req.model_cfg.landmark_head:
         raise MvfError(f"stage '{req.stage.name}': a geometry stage needs model.landmark_head: true")
-    from mvf.facemodel import FaceModel
+    from mvf.face.model import FaceModel
 
     face = FaceModel.load(req.model_cfg.face_model)
     return FaceDraws(synth_config_for(req.stage.data.root), face.n_id, face.exp_names,

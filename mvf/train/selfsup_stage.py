@@ -6,7 +6,7 @@ synthetic dataset whose labels are ignored except its 2D landmarks (they stand i
 files). Images are resized to ``model.image_size``; no augmentation (the views must agree).
 
 Loss of a batch: the network predicts ``id``, ``exp`` and a pose per view; the decoded mesh
-``(B, N, 3)`` mm is rasterized in every view and `mvf.selfsup.cross_view_losses` compares, on
+``(B, N, 3)`` mm is rasterized in every view and `mvf.losses.selfsup.cross_view_losses` compares, on
 the eroded co-visible pixels of every view pair (A, B) inside the stage's ``photo_region``:
 
 * ``photometric``: robust ``|I_B - I_A→B|`` ([0, 1] colour units, `StageConfig.cross_view`);
@@ -14,7 +14,7 @@ the eroded co-visible pixels of every view pair (A, B) inside the stage's ``phot
 
 plus ``landmark`` (mean px distance of the projected 68 landmarks, jawline on the silhouette,
 to the given visible ones; skipped for batches without landmarks) and ``prior``
-(`mvf.losses.coefficient_prior`: id ~ N(0, 1), exp near [0, 1]). Terms with weight 0 are not
+(`mvf.losses.supervised.coefficient_prior`: id ~ N(0, 1), exp near [0, 1]). Terms with weight 0 are not
 computed. Gradients reach the network through the warp (each pixel's surface point projected
 into view A, where A's image is sampled) and through the flow estimator (differentiable in both
 images, never under ``no_grad``).
@@ -37,12 +37,12 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from mvf.errors import MvfError
-from mvf.losses import coefficient_prior, landmark_loss
-from mvf.selfsup import CrossViewConfig, CrossViewResult, cross_view_losses, inner_face_region
+from mvf.losses.supervised import coefficient_prior, landmark_loss
+from mvf.losses.selfsup import CrossViewConfig, CrossViewResult, cross_view_losses, inner_face_region
 from mvf.train.config import LossWeights, StageConfig
 
 if TYPE_CHECKING:
-    from mvf.flow import FlowEstimator
+    from mvf.losses.flow import FlowEstimator
     from mvf.train.stages import DataRequest, LossContext
 
 LOSS_TERMS = ("photometric", "flow", "landmark", "prior")
@@ -103,7 +103,7 @@ def view_pairs(views: Sequence[str], which: str) -> list[tuple[int, int]]:
 def cross_view_tools(ctx: "LossContext", stage: StageConfig, views: Sequence[str],
                      with_flow: bool) -> CrossViewTools:
     """Pairs, region and flow estimator of ``stage`` (cached in ``ctx.extras``)."""
-    from mvf.flow import build_flow
+    from mvf.losses.flow import build_flow
 
     key = ("self_supervised", stage.photo_pairs, stage.photo_region, tuple(views), with_flow, repr(stage.flow))
     tools = ctx.extras.get(key)
@@ -175,11 +175,11 @@ def cross_view_panels(res: CrossViewResult, view_names: Sequence[str]) -> list[l
     * ``mask F>L``: the eroded co-visible mask the losses use;
     * ``err F>L <mean>``: the photometric error map (`renderer.pictures.heat`, 0 to 0.25 in
       [0, 1] units; the title gives its mean over the mask in 1/255);
-    * ``flow F>L <max>px`` (when computed): ``F(I_b, I_a→b)`` as `mvf.flow.flow_to_rgb`
+    * ``flow F>L <max>px`` (when computed): ``F(I_b, I_a→b)`` as `mvf.losses.flow.flow_to_rgb`
       (white = 0, saturated = the largest length in the mask), dark outside the mask.
 
     Pass as ``extra_panels`` to `renderer.pictures.view_sheets`."""
-    from mvf.flow import flow_to_rgb
+    from mvf.losses.flow import flow_to_rgb
     from renderer.pictures import heat
 
     n = len(view_names)

@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import Dataset
 
 from mvf.errors import MvfError, file_error
-from mvf.facemodel import FaceModel
-from mvf.losses import (LandmarkProjector, coefficient_prior, landmark_loss, param_loss,
+from mvf.face.model import FaceModel
+from mvf.losses.supervised import (LandmarkProjector, coefficient_prior, landmark_loss, param_loss,
                         pose_loss, vertex_loss)
-from mvf.net import PoseNorm
+from mvf.net.network import PoseNorm
 from mvf.train import geometry_stage, selfsup_stage
 from mvf.train.config import LossWeights, ModelConfig, StageConfig
 
@@ -153,7 +153,7 @@ def supervised_terms(ctx: LossContext, out: dict, batch: dict) -> dict[str, torc
     """Unweighted supervised terms for network outputs ``out`` against a labelled ``batch``.
 
     ``landmark`` px, ``pose`` normalised squared, ``params`` squared coefficients, ``vertex`` mm
-    (face region), ``prior`` (see `mvf.losses`); ``landmark2d`` px when the network has a
+    (face region), ``prior`` (see `mvf.losses.supervised`); ``landmark2d`` px when the network has a
     landmark head.
     """
     verts = ctx.face.decode(out["id"], out["exp"])

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mvf.align import aligned_rmse
-from mvf.camera import euler_to_matrix
+from renderer.camera import euler_to_matrix
 
 
 @dataclass
@@ -73,9 +73,9 @@ def evaluate(model: torch.nn.Module, loader, ctx, max_batches: int | None = None
     """Run ``model`` (eval mode, restored afterwards) over a loader of labelled batches.
 
     ``refine``: score the model's full prediction, its ``model.refine`` stage included
-    (`mvf.refine.predict`); otherwise the network's regression alone (cheaper, for training).
+    (`mvf.recon.refine.predict`); otherwise the network's regression alone (cheaper, for training).
     """
-    from mvf.refine import predict
+    from mvf.recon.refine import predict
 
     was_training = model.training
     model.eval()

@@ -1,7 +1,7 @@
 """Landmark refinement: the network's last, parameter-free stage (``model.refine: landmarks``).
 
 The landmark head's 2D landmarks of every view are fitted by the 3DMM and the per-view weak
-perspective poses (the Levenberg-Marquardt solver of `mvf.fit`, the jawline following each
+perspective poses (the Levenberg-Marquardt solver of `mvf.recon.fit`, the jawline following each
 view's silhouette), starting from the network's regressed shape and poses, with a Gaussian
 prior *centred on the network's prediction*: ``w_net · mean((c - c_net)²)`` over the id and
 exp coefficients, next to the usual coefficient priors. So the regression decides what the
@@ -21,7 +21,7 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class RefineSettings:
-    """The refinement's solver settings (`mvf.fit.FitConfig` keys), from the model config."""
+    """The refinement's solver settings (`mvf.recon.fit.FitConfig` keys), from the model config."""
 
     steps: int = 20        # Levenberg-Marquardt iterations at most
     w_net: float = 1.0     # prior towards the network's coefficients, times mean((c - c_net)²)
@@ -34,11 +34,11 @@ def refine_with_landmarks(face, out: dict[str, Tensor], settings: RefineSettings
     """Fit each sample's shape and poses to its predicted landmarks.
 
     Args:
-        face: `mvf.facemodel.FaceModel`. out: network outputs with ``id (B, n_id)``,
+        face: `mvf.face.model.FaceModel`. out: network outputs with ``id (B, n_id)``,
             ``exp (B, n_exp)``, ``pose (B, V, 6)`` and ``landmarks (B, V, 68, 2)`` px.
     Returns: a new dict, ``id``, ``exp``, ``pose`` refined (``landmarks`` kept).
     """
-    from mvf.fit import FitConfig, fit
+    from mvf.recon.fit import FitConfig, fit
 
     cfg = FitConfig(n_id=out["id"].shape[1], landmark_steps=settings.steps, w_jaw=settings.w_jaw,
                     w_id_prior=settings.w_id_prior, w_exp_prior=settings.w_exp_prior,

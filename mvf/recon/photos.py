@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvf.crop import CropTransform, crop_image
+from mvf.recon.crop import CropTransform, crop_image
 from mvf.errors import MvfError
 from mvf.fileio import read_image, write_image, write_json
-from mvf.fit import FitConfig, FitResult, fit, fitted_landmarks, scale_poses
-from mvf.texture import Texture, TextureConfig, save_coloured_ply, save_textured_obj, texture_from_views, uv_layout
+from mvf.recon.fit import FitConfig, FitResult, fit, fitted_landmarks, scale_poses
+from mvf.recon.texture import Texture, TextureConfig, save_coloured_ply, save_textured_obj, texture_from_views, uv_layout
 
 OVERLAY_MAX_SIDE = 1024  # overlays of larger photos are drawn at this size (longer side, px)
 TEXTURE_SOURCE_MAX = 1024  # colours come from crops of the photo up to this size (px)
@@ -61,11 +61,11 @@ def prepare_views(paths: dict[str, Path], size: int = 224, landmark_files: dict[
         paths: view name (front/left/right) -> image file. size: crop side (px).
         landmark_files: view name -> ``.pts``/``.npy`` file with 68 points in that photo.
         auto_order: reassign photos whose detected yaw contradicts their slot (else only warn).
-        crop: cut MVF-Net-style crops (`mvf.crop`); False takes square images already in the
+        crop: cut MVF-Net-style crops (`mvf.recon.crop`); False takes square images already in the
             model's framing (resized to ``size``).
     Raises `MvfError` naming the image for unreadable images, no face or bad landmark files.
     """
-    from mvf.landmarks import LandmarkDetector, check_view_order, load_or_detect
+    from mvf.recon.detect import LandmarkDetector, check_view_order, load_or_detect
 
     landmark_files = landmark_files or {}
     photos = {v: read_image(p) for v, p in paths.items()}
@@ -186,8 +186,8 @@ def overlay_sheet(model, verts: torch.Tensor, pose_full: torch.Tensor, photo: np
     """
     from PIL import Image
 
-    from mvf.camera import euler_to_matrix
-    from mvf.geometry import vertex_normals
+    from renderer.camera import euler_to_matrix
+    from mvf.face.mesh import vertex_normals
     from renderer import interpolate_vertex_attr, pixel_mask, rasterize
 
     scale = min(1.0, max_side / max(photo.shape[:2]))

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from mvf.camera import pixels_to_grid, project, view_directions
+from renderer.camera import pixels_to_grid, project, view_directions
 from mvf.errors import MvfError
-from mvf.geometry import fill_vertex_holes, vertex_normals
+from mvf.face.mesh import fill_vertex_holes, vertex_normals
 
 
 @dataclass

@@ -5,11 +5,11 @@ the mean face with poses from a closed-form weak-perspective fit to the 2D landm
 (`init_poses_from_landmarks`). Two phases with Adam:
 
 1. landmarks (cheap, at the crop's resolution): per-view landmark reprojection with the jawline
-   from the view-dependent contour search (`mvf.contour`), plus coefficient priors. Each step
+   from the view-dependent contour search (`mvf.face.contour`), plus coefficient priors. Each step
    decodes only the ~1.6k vertices the landmarks and contour candidates need
    (`CompactLandmarks`), so a step costs milliseconds; it stops early on a plateau;
 2. cross-view (optional, ``photo_steps > 0``): landmarks + priors + the self-supervised
-   photometric and flow-alignment losses (`mvf.selfsup`), rendered at ``photo_size`` pixels
+   photometric and flow-alignment losses (`mvf.losses.selfsup`), rendered at ``photo_size`` pixels
    (images downsampled, poses scaled) to keep it affordable on a CPU.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from mvf.camera import euler_to_matrix, matrix_to_euler, project
+from renderer.camera import euler_to_matrix, matrix_to_euler, project
 from mvf.errors import MvfError
-from mvf.flow import FlowConfig, build_flow
-from mvf.selfsup import CrossViewConfig, cross_view_losses, inner_face_region, landmark_loss
+from mvf.losses.flow import FlowConfig, build_flow
+from mvf.losses.selfsup import CrossViewConfig, cross_view_losses, inner_face_region, landmark_loss
 
 NON_JAW = tuple(range(17, 68))
 N_JAW = 17
@@ -56,14 +56,14 @@ class FitConfig:
     photo_steps, photo_lr, photo_size: the cross-view phase (0 steps skips it), rendered at
         ``photo_size`` px (the crops are downsampled, poses scaled); ``photo_pairs`` "all"
         (six ordered pairs) or "front" (front <-> side views only: four pairs); ``photo_region``
-        "inner_face" (`mvf.selfsup.inner_face_region`: no scalp, ears, neck, which hair and
+        "inner_face" (`mvf.losses.selfsup.inner_face_region`: no scalp, ears, neck, which hair and
         clothes cover in photos) or "all" triangles.
     w_landmark, w_jaw: landmark term (cross-view phase) and the relative weight of the jawline
         points.
     w_photo, w_flow: photometric (robust colour distance, [0, 1] units) and flow alignment (px).
     w_id_prior: times mean(id²) (N(0, 1) coefficients); w_exp_prior: times mean(|exp|).
     w_net_prior: times mean((c - c0)²) over the id and exp coefficients ``c``, ``c0`` the start
-        given as ``init`` (a network's prediction; `mvf.refine`); 0 (the default) is off.
+        given as ``init`` (a network's prediction; `mvf.recon.refine`); 0 (the default) is off.
     pose_step: scale of each pose entry's update per unit parameter (f relative to f, angles
         radians, t pixels), so one learning rate serves all.
     contour: jawline landmarks follow the silhouette (else fixed vertices).
@@ -160,8 +160,8 @@ class CompactLandmarks:
 
     The compact set is the landmark vertices, every jawline contour candidate and all vertices
     of the triangles around the candidates, so the candidates' normals (and hence the contour
-    search of `mvf.contour.jaw_vertex_ids`) are exact. Results equal
-    `mvf.selfsup.model_landmarks_2d` on the full mesh.
+    search of `mvf.face.contour.jaw_vertex_ids`) are exact. Results equal
+    `mvf.losses.selfsup.model_landmarks_2d` on the full mesh.
 
     Attributes (duck-typing the face model for `jaw_vertex_ids`): ``mean`` ``(M, 3)``,
     ``landmarks`` ``(68,)`` and ``contour_lines`` ``(17, L)`` in compact indices, ``faces``
@@ -201,7 +201,7 @@ class CompactLandmarks:
         rest = self.landmarks[N_JAW:].expand(b, v, -1)
         if self.contour_lines is None:
             return torch.cat([self.landmarks[:N_JAW].expand(b, v, -1), rest], -1)
-        from mvf.contour import jaw_vertex_ids, vertex_normals
+        from mvf.face.contour import jaw_vertex_ids, vertex_normals
 
         with torch.no_grad():
             vd = verts.detach()
@@ -440,7 +440,7 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
     """Fit the face model to one subject's views.
 
     Args:
-        model: `mvf.facemodel.FaceModel`. images: ``(V, 3, S, S)`` crops in [0, 1] (only the
+        model: `mvf.face.model.FaceModel`. images: ``(V, 3, S, S)`` crops in [0, 1] (only the
             cross-view phase reads them). landmarks: ``(V, 68, 2)`` crop pixels.
         visible: ``(V, 68)`` landmark weights (None: all).
         cfg: `FitConfig`. init: optional ``{"id": (k,), "exp": (k,), "pose": (V, 6)}`` start in

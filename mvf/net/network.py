@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mvf.backbones import build_backbone
+from mvf.net.backbones import build_backbone
 from mvf.errors import MvfError
-from mvf.facemodel import FaceModel
+from mvf.face.model import FaceModel
 from mvf.train.config import ModelConfig
-from mvf.views import VIEWS
+from renderer.views import VIEWS
 
 FACE_FILL = 0.6  # zero pose output: the mean face's 68-landmark box side is 60% of the image
 VIEW_FEATURES = 512  # width of a view's image feature
@@ -177,7 +177,7 @@ def soft_argmax(logits: torch.Tensor, image_size: int) -> torch.Tensor:
     """Expected pixel position of each heat map: ``(N, K, h, w)`` logits -> ``(N, K, 2)`` px.
 
     Cell ``(i, j)`` of an ``h x w`` map over an ``S x S`` image is centred at
-    ``((j + 0.5) S / w, (i + 0.5) S / h)`` (the image frame of `mvf.camera`).
+    ``((j + 0.5) S / w, (i + 0.5) S / h)`` (the image frame of `renderer.camera`).
     """
     n, k, h, w = logits.shape
     prob = torch.softmax(logits.flatten(2), -1).reshape(n, k, h, w)

@@ -7,7 +7,7 @@ channel 1 = v along y/down) with ``img1(p) ≈ img2(p + flow(p))``, i.e.
 
 Methods:
 - ``"pyramid_lk"`` (default, no weights): coarse-to-fine Lucas-Kanade unrolled in torch
-  (`mvf.flow_lk`), differentiable with respect to both images, mask-aware.
+  (`mvf.losses.flow_lk`), differentiable with respect to both images, mask-aware.
 - ``"raft"``: torchvision RAFT (small/large) loaded from a local weights file, frozen but
   differentiable with respect to its inputs; the mask is ignored.
 """
@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 
 from mvf.errors import MvfError
-from mvf.flow_lk import base_grid, pyramid_lk, sample_at
-from mvf.flow_raft import VARIANTS as RAFT_VARIANTS
-from mvf.flow_raft import RaftFlow
+from mvf.losses.flow_lk import base_grid, pyramid_lk, sample_at
+from mvf.losses.flow_raft import VARIANTS as RAFT_VARIANTS
+from mvf.losses.flow_raft import RaftFlow
 
 METHODS = ("pyramid_lk", "raft")
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from mvf.camera import euler_to_matrix, project, view_directions
-from mvf.geometry import vertex_normals  # noqa: F401  (re-exported: area-weighted unit normals)
+from renderer.camera import euler_to_matrix, project, view_directions
+from mvf.face.mesh import vertex_normals  # noqa: F401  (re-exported: area-weighted unit normals)
 
 CHIN = 8
 N_JAW = 17
@@ -88,7 +88,7 @@ def jaw_vertex_ids(
     Args:
         verts: ``(N, Nv, 3)`` decoded meshes, mm.
         poses: ``(N, 6)`` one pose per mesh (only the rotation matters).
-        model: a `mvf.facemodel.FaceModel` with ``contour_lines``, ``landmarks`` and ``faces``.
+        model: a `mvf.face.model.FaceModel` with ``contour_lines``, ``landmarks`` and ``faces``.
         normals: optional precomputed ``(N, Nv, 3)`` vertex normals.
         lines: candidate lines ``(17, L)`` (default ``model.contour_lines``).
     Returns:

@@ -35,7 +35,7 @@ import torch
 
 from mvf.errors import MvfError, file_error
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ASSET = REPO_ROOT / "assets" / "face_model.npz"
 ICT_TO_MM = 10.0  # ICT is in centimetres
 
@@ -176,10 +176,10 @@ def _load_ict_arrays(src: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, lis
 def _contour_lines(mean_mm: np.ndarray, landmarks: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Candidate vertex lines for the view-dependent jawline search, ``(17, L)`` (-1 padded).
 
-    Built by `mvf.contour.build_contour_lines`: per jawline landmark, a dense line of vertices at
+    Built by `mvf.face.contour.build_contour_lines`: per jawline landmark, a dense line of vertices at
     its height on its side, ordered from the front of the face round to the back.
     """
-    from mvf.contour import build_contour_lines
+    from mvf.face.contour import build_contour_lines
 
     lines = build_contour_lines(torch.from_numpy(mean_mm), torch.from_numpy(faces), torch.from_numpy(landmarks))
     return lines.numpy().astype(np.int64)

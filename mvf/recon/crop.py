@@ -52,7 +52,7 @@ class CropTransform:
         """Crop pixels -> full-photo pixels. ``(..., 2)`` numpy array or torch tensor."""
         return points / self.scale + self._offset_like(points)
 
-    # -- weak-perspective poses (f, pitch, yaw, roll, tx, ty), see mvf.camera
+    # -- weak-perspective poses (f, pitch, yaw, roll, tx, ty), see renderer.camera
     def pose_to_full(self, pose):
         """A pose predicted on the crop -> the same projection on the full photo.
 
@@ -120,7 +120,7 @@ def crop_image(image: np.ndarray, landmarks, out_size: int = 224, factor: float 
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB photo.
-        landmarks: ``(68, 2)`` pixels in the photo (or a `mvf.landmarks.Landmarks68`).
+        landmarks: ``(68, 2)`` pixels in the photo (or a `mvf.recon.detect.Landmarks68`).
         out_size: side of the output crop in pixels. factor, shift: see module docstring.
         pad: ``"constant"`` (black) or ``"edge"`` where the square leaves the photo.
     Returns:

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from mvf.errors import file_error
-from mvf.facemodel import FaceModel
+from mvf.face.model import FaceModel
 from mvf.fileio import write_json
-from mvf.views import VIEWS
+from renderer.views import VIEWS
 
 
 @dataclass

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as tnf
 
 from mvf.errors import MvfError, file_error
-from mvf.facemodel import FaceModel
+from mvf.face.model import FaceModel
 from mvf.fileio import find_view_image, read_image, write_image
-from mvf.net import MVFNet, build_network
+from mvf.net.network import MVFNet, build_network
 from mvf.train.checkpoint import load_checkpoint, load_model_state
 from mvf.train.config import TrainConfig, config_from_dict
-from mvf.views import VIEWS
+from renderer.views import VIEWS
 
 OVERLAY_ALPHA = 0.55
 MESH_GREY = (0.78, 0.78, 0.78)
@@ -117,8 +117,8 @@ def prepare_images(images: dict[str, np.ndarray], size: int, device) -> tuple[to
 @torch.no_grad()
 def reconstruct(model: LoadedModel, images: dict[str, np.ndarray]) -> Reconstruction:
     """Predict the face from ``images`` (view name -> ``(H, W, 3)`` uint8, square)."""
-    from mvf.losses import LandmarkProjector
-    from mvf.refine import predict
+    from mvf.losses.supervised import LandmarkProjector
+    from mvf.recon.refine import predict
 
     views = tuple(v for v in VIEWS if v in images)
     check_views(model.net, views)
@@ -165,8 +165,8 @@ def overlay(image: np.ndarray, verts: np.ndarray, pose: np.ndarray, face: FaceMo
 def write_outputs(rec: Reconstruction, images: dict[str, np.ndarray], face: FaceModel,
                   out_dir: str | Path, extra: dict | None = None) -> list[Path]:
     """Write ``mesh.obj`` (with UVs), ``mesh.ply``, ``params.json`` and ``<view>_overlay.png``."""
-    from mvf.meshio import save_mesh
-    from mvf.params import FaceParams, save_params
+    from mvf.io.meshio import save_mesh
+    from mvf.face.params import FaceParams, save_params
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

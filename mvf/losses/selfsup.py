@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from mvf.camera import project
+from renderer.camera import project
 
 
 @dataclass
@@ -182,11 +182,11 @@ def landmark_loss(pred: Tensor, target: Tensor, visible: Tensor | None = None) -
 def model_landmarks_2d(model, verts: Tensor, poses: Tensor, contour: bool = True) -> Tensor:
     """Projected landmarks ``(B, V, 68, 2)`` px of meshes ``(B, N, 3)`` in views ``(B, V, 6)``.
 
-    With ``contour`` the jawline (0-16) follows each view's silhouette (`mvf.contour`).
+    With ``contour`` the jawline (0-16) follows each view's silhouette (`mvf.face.contour`).
     """
     b, v = poses.shape[:2]
     if contour:
-        from mvf.contour import contour_landmarks
+        from mvf.face.contour import contour_landmarks
 
         flat = contour_landmarks(verts[:, None].expand(b, v, *verts.shape[1:]).reshape(b * v, *verts.shape[1:]),
                                  poses.reshape(b * v, 6), model)
@@ -216,7 +216,7 @@ def cross_view_losses(images: Tensor, verts: Tensor, faces: Tensor, poses: Tenso
 
     Args:
         images: ``(B, V, 3, H, W)`` in [0, 1]. verts: ``(B, N, 3)`` mm (one mesh per subject).
-        faces: ``(F, 3)``. poses: ``(B, V, 6)``. flow_net: a `mvf.flow.FlowEstimator` or None
+        faces: ``(F, 3)``. poses: ``(B, V, 6)``. flow_net: a `mvf.losses.flow.FlowEstimator` or None
         (no alignment loss). pairs: ordered (a, b) view pairs, default all.
         region: optional ``(F,)`` bool, the triangles the losses may use (e.g. `inner_face_region`:
             without the scalp, ears and neck, which hair and clothes hide in real photos).
@@ -260,7 +260,7 @@ def inner_face_region(model, forehead_mm: float = 15.0) -> Tensor:
     the jawline (landmarks 0-16) and the brows (17-26) raised by ``forehead_mm``, and faces
     forwards (normal z > 0); a triangle belongs when all three of its vertices do.
     """
-    from mvf.geometry import vertex_normals
+    from mvf.face.mesh import vertex_normals
 
     mean = model.mean.detach().cpu()
     lm = mean[model.landmarks.cpu()]

@@ -35,7 +35,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from mvf.errors import MvfError, file_error
-from mvf.meshread import MeshData
+from mvf.io.meshread import MeshData
 
 CROP_RADIUS_MM = 95.0
 IBUG_NOSE_TIP = 30

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from mvf.camera import project
-from mvf.facemodel import FaceModel
+from renderer.camera import project
+from mvf.face.model import FaceModel
 
 _EPS = 1e-10  # inside the square root of pixel distances (keeps gradients finite at 0)
 
@@ -17,7 +17,7 @@ class LandmarkProjector:
     """Projects a face's 68 landmarks into views, the jawline following each view's silhouette.
 
     Points 17-67 are fixed vertices; the jawline (0-16) uses the contour search of
-    `mvf.contour` on the dense candidate lines of `mvf.contour.build_contour_lines` (the same
+    `mvf.face.contour` on the dense candidate lines of `mvf.face.contour.build_contour_lines` (the same
     rule and candidates that label the synthetic data), so the projection of a ground-truth
     face with its true pose reproduces its landmarks. The vertex choice is discrete; the
     chosen points' positions stay differentiable in the shape and pose.
@@ -26,7 +26,7 @@ class LandmarkProjector:
     def __init__(self, model: FaceModel, contour: bool = True):
         from types import SimpleNamespace
 
-        from mvf.contour import N_JAW, build_contour_lines
+        from mvf.face.contour import N_JAW, build_contour_lines
 
         self.model = model
         self.contour = contour
@@ -48,7 +48,7 @@ class LandmarkProjector:
 
     def subset_normals(self, verts: torch.Tensor) -> torch.Tensor:
         """Area-weighted unit normals of the subset vertices: ``(B, N, 3)`` -> ``(B, M, 3)``
-        (equal to `mvf.contour.vertex_normals` there)."""
+        (equal to `mvf.face.contour.vertex_normals` there)."""
         v0, v1, v2 = (verts[:, self.faces[:, i]] for i in range(3))
         fn = torch.cross(v1 - v0, v2 - v0, dim=-1)
         acc = verts.new_zeros(verts.shape[0], len(self.subset) + 1, 3)  # last slot: other corners
@@ -58,7 +58,7 @@ class LandmarkProjector:
 
     def __call__(self, verts: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         """``verts (B, N, 3)`` mm, ``pose (B, V, 6)`` -> landmarks ``(B, V, 68, 2)`` px."""
-        from mvf.contour import N_JAW, jaw_vertex_ids
+        from mvf.face.contour import N_JAW, jaw_vertex_ids
 
         b, v = pose.shape[:2]
         lm = self.model.landmarks.to(verts.device)
@@ -95,7 +95,7 @@ def landmark_loss(pred: torch.Tensor, target: torch.Tensor, visible: torch.Tenso
 def pose_loss(pred: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Mean squared pose error in normalised units: ``((pred - target) / scale)**2``.
 
-    Args: pred, target ``(B, V, 6)``; scale ``(6,)`` (`mvf.net.PoseNorm.scale`).
+    Args: pred, target ``(B, V, 6)``; scale ``(6,)`` (`mvf.net.network.PoseNorm.scale`).
     """
     return (((pred - target) / scale) ** 2).mean()
 

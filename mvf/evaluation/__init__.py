@@ -1,0 +1,1 @@
+"""Evaluation against 3D scans: the MICC Florence protocol (`micc`)."""

@@ -1,0 +1,1 @@
+"""Mesh and file I/O."""

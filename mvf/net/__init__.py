@@ -1,0 +1,1 @@
+"""The MVF-Net network: backbones (`backbones`) and the multi-view regressor (`network`)."""
