@@ -1,4 +1,4 @@
-"""Weak-perspective camera: pose vectors, rotations, projection and the PyTorch3D equivalent.
+"""Weak-perspective camera: pose vectors, projection and the PyTorch3D equivalent.
 
 Conventions (see docs/conventions.md):
 
@@ -24,39 +24,13 @@ import math
 
 import torch
 
+from renderer.rotations import euler_to_matrix
+
 # Depth (mm) of the model origin in front of the camera. Any value larger than the head keeps
 # every depth positive; only depth *differences* matter under weak perspective.
 DEPTH_OFFSET = 1000.0
 
 POSE_NAMES = ("f", "alpha", "beta", "gamma", "tx", "ty")
-
-
-def euler_to_matrix(angles: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices from Euler angles.
-
-    Args:
-        angles: ``(..., 3)`` radians, ordered (alpha = pitch about x, beta = yaw about y,
-            gamma = roll about z).
-    Returns:
-        ``(..., 3, 3)`` ``R = Rz(gamma) @ Ry(beta) @ Rx(alpha)``.
-    """
-    a, b, g = angles.unbind(-1)
-    ca, sa = torch.cos(a), torch.sin(a)
-    cb, sb = torch.cos(b), torch.sin(b)
-    cg, sg = torch.cos(g), torch.sin(g)
-    one, zero = torch.ones_like(a), torch.zeros_like(a)
-    rx = torch.stack([one, zero, zero, zero, ca, -sa, zero, sa, ca], -1).reshape(*a.shape, 3, 3)
-    ry = torch.stack([cb, zero, sb, zero, one, zero, -sb, zero, cb], -1).reshape(*a.shape, 3, 3)
-    rz = torch.stack([cg, -sg, zero, sg, cg, zero, zero, zero, one], -1).reshape(*a.shape, 3, 3)
-    return rz @ ry @ rx
-
-
-def matrix_to_euler(rot: torch.Tensor) -> torch.Tensor:
-    """Inverse of `euler_to_matrix` for |beta| < pi/2. ``(..., 3, 3) -> (..., 3)`` radians."""
-    beta = torch.asin((-rot[..., 2, 0]).clamp(-1.0, 1.0))
-    alpha = torch.atan2(rot[..., 2, 1], rot[..., 2, 2])
-    gamma = torch.atan2(rot[..., 1, 0], rot[..., 0, 0])
-    return torch.stack([alpha, beta, gamma], -1)
 
 
 def make_pose(

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from pytorch3d.renderer.mesh.rasterizer import Fragments
 
-from renderer.camera import DEPTH_OFFSET, euler_to_matrix, pixels_to_grid, project_with_depth
+from renderer.camera import DEPTH_OFFSET, pixels_to_grid, project_with_depth
+from renderer.rotations import euler_to_matrix
 from renderer.errors import RendererError
 from renderer.config import DEFAULT_VIS_TOL_MM
 from renderer.interp import interpolate_at

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from renderer.camera import (DEPTH_OFFSET, euler_to_matrix, make_pose, matrix_to_euler, project,
-                        project_with_depth, to_pytorch3d, view_directions)
 from mvf.face.model import FaceModel
+from renderer.camera import DEPTH_OFFSET, make_pose, project, project_with_depth, to_pytorch3d, view_directions
+from renderer.rotations import euler_to_matrix, matrix_to_euler
 
 
 @pytest.fixture(scope="module")

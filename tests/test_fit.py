@@ -65,7 +65,7 @@ def test_compact_landmarks_equal_full_mesh_projection(model):
 def test_rotation_derivatives_match_autograd():
     from torch.func import jacfwd
 
-    from renderer.camera import euler_to_matrix
+    from renderer.rotations import euler_to_matrix
 
     angles = torch.tensor([0.3, -0.7, 0.2], dtype=torch.float64)
     auto = jacfwd(euler_to_matrix)(angles)  # (3, 3, 3 angles)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mvf.align import aligned_rmse, procrustes
-from renderer.camera import euler_to_matrix, make_pose
+from renderer.camera import make_pose
+from renderer.rotations import euler_to_matrix
 from mvf.face.model import FaceModel
 from mvf.losses.supervised import (LandmarkProjector, coefficient_prior, face_region, landmark_loss, param_loss,
                         pose_loss, vertex_loss)

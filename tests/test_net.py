@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mvf.net.backbones import build_backbone
-from renderer.camera import euler_to_matrix, project
+from renderer.camera import project
+from renderer.rotations import euler_to_matrix
 from mvf.errors import MvfError
 from mvf.face.model import FaceModel
 from mvf.net.network import FACE_FILL, PoseNorm, build_network

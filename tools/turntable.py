@@ -22,7 +22,8 @@ import torch.nn.functional as tnf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from renderer.camera import euler_to_matrix, make_pose  # noqa: E402
+from renderer.camera import make_pose  # noqa: E402
+from renderer.rotations import euler_to_matrix  # noqa: E402
 from mvf.errors import MvfError  # noqa: E402
 from mvf.fileio import write_image  # noqa: E402
 from mvf.face.mesh import vertex_normals  # noqa: E402

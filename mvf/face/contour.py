@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from renderer.camera import euler_to_matrix, project, view_directions
+from renderer.camera import project, view_directions
+from renderer.rotations import euler_to_matrix
 from mvf.face.mesh import vertex_normals  # noqa: F401  (re-exported: area-weighted unit normals)
 
 CHIN = 8

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from renderer.camera import euler_to_matrix, matrix_to_euler, project
+from renderer.camera import project
+from renderer.rotations import euler_to_matrix, matrix_to_euler
 from mvf.errors import MvfError
 from mvf.losses.flow import FlowConfig, build_flow
 from mvf.losses.selfsup import CrossViewConfig, cross_view_losses, inner_face_region, landmark_loss

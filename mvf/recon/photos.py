@@ -186,7 +186,7 @@ def overlay_sheet(model, verts: torch.Tensor, pose_full: torch.Tensor, photo: np
     """
     from PIL import Image
 
-    from renderer.camera import euler_to_matrix
+    from renderer.rotations import euler_to_matrix
     from mvf.face.mesh import vertex_normals
     from renderer import interpolate_vertex_attr, pixel_mask, rasterize
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mvf.align import aligned_rmse
-from renderer.camera import euler_to_matrix
+from renderer.rotations import euler_to_matrix
 
 
 @dataclass

@@ -1,0 +1,35 @@
+"""Rotations in the pose convention: Euler angles (pitch, yaw, roll) <-> matrices, torch and numpy.
+
+``R = Rz(gamma) @ Ry(beta) @ Rx(alpha)`` acting on column vectors (docs/conventions.md).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def euler_to_matrix(angles: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices from Euler angles.
+
+    Args:
+        angles: ``(..., 3)`` radians, ordered (alpha = pitch about x, beta = yaw about y,
+            gamma = roll about z).
+    Returns:
+        ``(..., 3, 3)`` ``R = Rz(gamma) @ Ry(beta) @ Rx(alpha)``.
+    """
+    a, b, g = angles.unbind(-1)
+    ca, sa = torch.cos(a), torch.sin(a)
+    cb, sb = torch.cos(b), torch.sin(b)
+    cg, sg = torch.cos(g), torch.sin(g)
+    one, zero = torch.ones_like(a), torch.zeros_like(a)
+    rx = torch.stack([one, zero, zero, zero, ca, -sa, zero, sa, ca], -1).reshape(*a.shape, 3, 3)
+    ry = torch.stack([cb, zero, sb, zero, one, zero, -sb, zero, cb], -1).reshape(*a.shape, 3, 3)
+    rz = torch.stack([cg, -sg, zero, sg, cg, zero, zero, zero, one], -1).reshape(*a.shape, 3, 3)
+    return rz @ ry @ rx
+
+
+def matrix_to_euler(rot: torch.Tensor) -> torch.Tensor:
+    """Inverse of `euler_to_matrix` for |beta| < pi/2. ``(..., 3, 3) -> (..., 3)`` radians."""
+    beta = torch.asin((-rot[..., 2, 0]).clamp(-1.0, 1.0))
+    alpha = torch.atan2(rot[..., 2, 1], rot[..., 2, 2])
+    gamma = torch.atan2(rot[..., 1, 0], rot[..., 0, 0])
+    return torch.stack([alpha, beta, gamma], -1)
