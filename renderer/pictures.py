@@ -5,6 +5,9 @@ mesh over it, the mesh's pixel mask, the photometric error heat map (mean over t
 of ``|I_{a->b} - I_b|`` on valid pixels), then for every other view ``a`` the co-visibility mask
 (pixels of ``b`` visible in ``a``) and the warped image ``I_{a->b}`` (black where invalid), then
 any extra panels the caller adds (e.g. flow fields).
+
+`overlay_sheet` draws a reconstruction on a photo (mesh, landmarks, visibility); `heat`,
+`dots` and `label` are the colour map and marks every picture uses.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ import torch
 from renderer.camera import project_with_depth
 from renderer.views import VIEWS
 from renderer.config import DEFAULT_VIS_TOL_MM
-from renderer.raster import fragments_from_pix_to_face
+from renderer.interp import interpolate_vertex_attr, pixel_mask
+from renderer.raster import fragments_from_pix_to_face, rasterize
+from renderer.rotations import euler_to_matrix
 from renderer.shading import Lights, render
 from renderer.warp import all_pairs, sample_pairs, warp_geometry
 
@@ -33,6 +38,65 @@ def heat(values: np.ndarray, vmax: float = HEAT_MAX) -> np.ndarray:
     stops = np.array([0.0, 0.35, 0.7, 1.0])
     colours = np.array([[0.0, 0.0, 0.0], [0.45, 0.05, 0.55], [0.95, 0.45, 0.1], [1.0, 1.0, 0.6]])
     return np.stack([np.interp(t, stops, colours[:, c]) for c in range(3)], -1)
+
+
+def dots(image: np.ndarray, points: np.ndarray, colour: tuple[float, float, float], radius: int) -> None:
+    """Draw filled discs of ``radius`` px at ``(K, 2)`` points (image frame) into float ``image`` in place."""
+    h, w = image.shape[:2]
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    disc = yy ** 2 + xx ** 2 <= radius ** 2 + 0.5
+    for x, y in np.asarray(points):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        ys, xs = yy[disc] + int(np.floor(y)), xx[disc] + int(np.floor(x))
+        ok = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+        image[ys[ok], xs[ok]] = colour
+
+
+def label(panel: np.ndarray, text: str) -> None:
+    """Write ``text`` on a black box in the top-left corner of a float panel, in place."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray((np.clip(panel, 0, 1) * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([0, 0, 7 * len(text) + 6, 14], fill=(0, 0, 0))
+    draw.text((3, 1), text, fill=(255, 255, 255))
+    panel[...] = np.asarray(img).astype(np.float32) / 255.0
+
+
+@torch.no_grad()
+def overlay_sheet(image: np.ndarray, verts: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor,
+                  pose: torch.Tensor, weights: torch.Tensor,
+                  marks: Sequence[tuple[np.ndarray, tuple[float, float, float]]] = (),
+                  backend: str = "auto") -> np.ndarray:
+    """Three panels side by side on ``image`` ``(H, W, 3)`` float in [0, 1]: ``(H, 3 W, 3)`` float.
+
+    1. the mesh (verts ``(N, 3)`` mm, normals ``(N, 3)``, pose ``(6,)`` in the image's pixels),
+       Gouraud-shaded by a light from the camera's upper left, blended over the image;
+    2. landmarks: each ``(points (K, 2) px, rgb)`` of ``marks`` as dots, later ones smaller;
+    3. visibility: the per-vertex ``weights`` ``(N,)`` in [0, 1] as a `heat` map over the darkened image.
+    """
+    h, w = image.shape[:2]
+    frags = rasterize(verts[None], faces, pose[None], (h, w), backend=backend)
+    mask = pixel_mask(frags)[0].cpu().numpy()
+    light_cam = torch.tensor([-0.35, 0.45, 1.0], device=verts.device)
+    light = torch.nn.functional.normalize(light_cam @ euler_to_matrix(pose[1:4]), dim=0)  # model space
+    shade = 0.25 + 0.75 * (normals @ light).clamp_min(0.0)
+    attrs = torch.stack([shade, weights.to(verts.device).float()], -1)[None]  # (1, N, 2)
+    pix = interpolate_vertex_attr(frags, attrs, faces)[0].cpu().numpy()  # (h, w, 2)
+    alpha = 0.8 * mask[..., None]
+    grey = np.repeat(0.85 * pix[..., :1], 3, -1) * np.array([1.0, 0.97, 0.93])
+    shaded = image * (1.0 - alpha) + grey * alpha
+    marked = image.copy()
+    radius = max(1, int(round(1.2 * max(h, w) / 224)))
+    for k, (points, colour) in enumerate(marks):
+        dots(marked, np.asarray(points), colour, max(1, radius - k))
+    vis = image * 0.35
+    vis[mask] = 0.25 * vis[mask] + 0.75 * heat(pix[..., 1], vmax=1.0)[mask]
+    for panel, text in ((shaded, "mesh"), (marked, "landmarks"), (vis, "visibility (blend weight)")):
+        if h >= 64 and w >= 160:
+            label(panel, text)
+    return np.concatenate([shaded, marked, vis], 1)
 
 
 def _to_hwc(image: torch.Tensor) -> np.ndarray:

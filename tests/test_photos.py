@@ -1,5 +1,6 @@
-"""Photos -> crops -> fit -> texture -> outputs on the full photos (`mvf.recon.photos`), on a synthetic
-triplet enlarged 3x (a 'photo' larger than the crop) with its true landmarks as landmark files."""
+"""Photos -> crops -> fit -> texture -> outputs on the full photos (`mvf.recon.views`, `.pipeline`,
+`.outputs`), on a synthetic triplet enlarged 3x (a 'photo' larger than the crop) with its true
+landmarks as landmark files; and the same outputs from a checkpoint on framed crops."""
 from __future__ import annotations
 
 import json
@@ -10,9 +11,12 @@ import torch
 
 from renderer.camera import project
 from mvf.face.model import FaceModel
+from mvf.fileio import read_image
 from mvf.recon.fit import FitConfig, fitted_landmarks
-from mvf.recon.photos import overlay_sheet, prepare_views, reconstruct_photos, texture_sources
+from mvf.recon.outputs import write_outputs
+from mvf.recon.pipeline import reconstruct, texture_sources
 from mvf.recon.texture import sample_images
+from mvf.recon.views import detect_views
 
 VIEWS = ("front", "left", "right")
 UP = 3  # the 'photos' are the 224 px renders enlarged 3x
@@ -56,7 +60,7 @@ def photos(model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def views(photos):
     _, paths, lm_files = photos
-    return prepare_views(paths, 224, lm_files)
+    return detect_views(paths, 224, lm_files)
 
 
 def test_texture_sources_crop_the_photo_at_its_resolution(model, photos, views):
@@ -79,13 +83,15 @@ def test_texture_sources_crop_the_photo_at_its_resolution(model, photos, views):
 
 def test_reconstruct_photos_writes_outputs_on_the_full_photos(model, photos, views, tmp_path):
     subject, paths, _ = photos
-    summary = reconstruct_photos(model, views, tmp_path, FitConfig(), progress=False)
-    assert summary["landmark_error_px"] < 1.0
+    rec = reconstruct(views, None, FitConfig(), face=model)
+    written = write_outputs(rec, tmp_path)
+    assert rec.landmark_errors()[0] < 1.0
+    assert {p.name for p in written} == {p.name for p in tmp_path.iterdir()}
     params = json.loads((tmp_path / "params.json").read_text())
     for i, view in enumerate(VIEWS):
         # the full-photo pose projects the fitted landmarks where the crop pose does, mapped back
         pose_full = torch.tensor(params["pose_full"][view])
-        result = summary["result"]
+        result = rec.fit
         crop_lm = fitted_landmarks(model, result)[i]
         verts = model.decode(result.id[None], result.exp[None])
         full_lm = project(model.landmarks_3d(verts)[:, 17:], pose_full[None])[0]
@@ -94,11 +100,9 @@ def test_reconstruct_photos_writes_outputs_on_the_full_photos(model, photos, vie
         # ...and lands on the photo's true landmarks (enlarged 3x: within 3 crop-px-equivalents)
         truth = torch.from_numpy(subject.labels["landmarks"][i] * UP).float()
         assert (full_lm - truth[17:]).norm(dim=-1).mean() < 3.0 * UP
-        from mvf.fileio import read_image
-
         overlay = read_image(tmp_path / f"overlay_{view}.png")
         assert overlay.shape == (224 * UP, 3 * 224 * UP, 3)
-    assert summary["texture"].texture.shape == (512, 512, 3)
+    assert rec.texture.texture.shape == (512, 512, 3)
     assert (tmp_path / "mesh.png").is_file() and (tmp_path / "timing.json").is_file()
     timing = json.loads((tmp_path / "timing.json").read_text())
     assert timing["fit_landmarks"] > 0 and timing["overlays"] > 0
@@ -106,13 +110,57 @@ def test_reconstruct_photos_writes_outputs_on_the_full_photos(model, photos, vie
 
 
 def test_overlays_of_large_photos_are_shrunk(model, views):
+    """`mvf.recon.outputs.overlay` draws on the photo shrunk to 1024 px, the mesh where the pose puts it."""
+    from dataclasses import replace
+
+    from mvf.recon.crop import CropTransform
+    from mvf.recon.outputs import overlay
+    from mvf.recon.pipeline import Reconstruction
+
     photo = np.zeros((1500, 1200, 3), np.uint8)
     verts = model.mean
     pose = torch.tensor([4.0, 0.0, 0.0, 0.0, 600.0, 700.0])
-    lm = project(model.landmarks_3d(verts)[None], pose[None])[0].numpy()
-    sheet = overlay_sheet(model, verts, pose, photo, lm, np.ones(68, bool), lm, torch.ones(model.n_verts))
+    lm = project(model.landmarks_3d(verts)[None], pose[None])[0]
+    one = replace(views, names=("front",), photos=[photo], transforms=[CropTransform.identity(1500)],
+                  landmarks=lm[None], visible=torch.ones(1, 68), photo_landmarks=[lm.numpy()])
+    texture = type("T", (), {"weights": torch.ones(1, model.n_verts)})()
+    rec = Reconstruction(one, model, torch.zeros(model.n_id), torch.zeros(model.n_exp), pose[None], verts,
+                         lm[None], texture)
+    sheet = overlay(rec, 0)
     assert sheet.shape == (1024, 3 * 819, 3) or sheet.shape == (1024, 3 * 820, 3)
     # the mesh is drawn where the pose puts it (scaled): the shaded panel is bright at the nose tip
     nose = project(model.landmarks_3d(verts)[30][None, None], pose[None])[0, 0].numpy() * 1024 / 1500
     assert sheet[int(nose[1]), int(nose[0])].mean() > 0.3
     assert sheet[-3, 3].mean() < 0.05  # the (black) photo stays black away from the mesh
+
+
+OUTPUT_FILES = {"mesh.obj", "mesh.mtl", "mesh.png", "mesh.ply", "params.json", "timing.json",
+                "overlay_front.png", "overlay_left.png", "overlay_right.png"}
+
+
+def test_checkpoint_and_photo_paths_write_the_same_outputs(tiny_synth, smoke_checkpoint, photos, tmp_path):
+    """A checkpoint on framed crops and full photos without one: the same files, the same
+    params.json keys, readable by `mvf.face.params.load_params`."""
+    from mvf.cli import main
+    from mvf.face.params import load_params
+
+    net_out, fit_out = tmp_path / "net", tmp_path / "fit"
+    assert main(["reconstruct", "--checkpoint", str(smoke_checkpoint), "--images", str(tiny_synth / "000001"),
+                 "--out", str(net_out)]) == 0
+    _, paths, lm_files = photos
+    args = ["reconstruct", "--out", str(fit_out)]
+    for v in ("front", "left", "right"):
+        args += [f"--{v}", str(paths[v]), f"--{v}-landmarks", str(lm_files[v])]
+    assert main(args) == 0
+    names = [{p.name for p in d.iterdir()} for d in (net_out, fit_out)]
+    assert names[0] == names[1] == OUTPUT_FILES
+    keys = [set(json.loads((d / "params.json").read_text())) for d in (net_out, fit_out)]
+    assert keys[0] == keys[1] and {"id", "exp", "pose", "pose_full", "crop", "landmark_error_px"} <= keys[0]
+    face = FaceModel.load()
+    for d in (net_out, fit_out):
+        params = load_params(d / "params.json", face)
+        assert set(params.pose) == {"front", "left", "right"}
+    net = json.loads((net_out / "params.json").read_text())
+    assert net["init"] == "network" and net["fit_steps"] == 0 and net["landmark_error_px"] is None
+    fitted = json.loads((fit_out / "params.json").read_text())
+    assert fitted["checkpoint"] is None and fitted["fit_steps"] > 0 and fitted["landmark_error_px"] < 1.5

@@ -55,12 +55,12 @@ def test_reconstruct_end_to_end(tiny_synth, smoke_checkpoint, tmp_path):
         ref = model.net(images.permute(0, 3, 1, 2).float().div(255.0)[None])
     assert np.allclose(params.id, ref["id"][0].numpy(), atol=1e-5)
     assert np.allclose(params.poses(), ref["pose"][0].numpy(), atol=1e-4)
-    # overlays: input-sized, the input outside the mesh, changed where the mesh is drawn
+    # overlays: three input-sized panels, the first the input outside the mesh, changed where it is drawn
     for view in ("front", "left", "right"):
-        over = read_image(out / f"{view}_overlay.png")
+        over = read_image(out / f"overlay_{view}.png")
         src = read_image(subject / f"{view}.png")
-        assert over.shape == src.shape
-        changed = np.abs(over.astype(int) - src.astype(int)).sum(-1) > 6
+        assert over.shape == (src.shape[0], 3 * src.shape[1], 3)
+        changed = np.abs(over[:, :src.shape[1]].astype(int) - src.astype(int)).sum(-1) > 6
         assert 0.05 < changed.mean() < 0.95
 
 
@@ -69,20 +69,23 @@ def test_poses_follow_the_input_image_size(smoke_checkpoint, tiny_synth, tmp_pat
     the larger images' pixels (x2)."""
     import torch.nn.functional as tnf
 
-    from mvf.recon.pipeline import load_model, reconstruct
+    from mvf.fileio import write_image
+    from mvf.recon.pipeline import load_model, predict_views
+    from mvf.recon.views import framed_views
 
     model = load_model(smoke_checkpoint)
     subject = tiny_synth / "000002"
-    small = {v: read_image(subject / f"{v}.png") for v in ("front", "left", "right")}
+    small = {v: subject / f"{v}.png" for v in ("front", "left", "right")}
     big = {}
-    for v, img in small.items():  # nearest-neighbour x2: shrinking back is exact
-        big[v] = tnf.interpolate(torch.from_numpy(img).permute(2, 0, 1)[None].float(), scale_factor=2,
-                                 mode="nearest")[0].permute(1, 2, 0).byte().numpy()
-    a, b = reconstruct(model, small), reconstruct(model, big)
-    assert np.allclose(a.id, b.id, atol=0.05)
-    for v in a.views:
-        assert np.allclose(b.pose[v][[0, 4, 5]], 2 * a.pose[v][[0, 4, 5]], rtol=0.02, atol=0.3)
-        assert np.allclose(b.pose[v][1:4], a.pose[v][1:4], atol=0.02)
+    for v, path in small.items():  # nearest-neighbour x2: shrinking back is exact
+        img = torch.from_numpy(read_image(path)).permute(2, 0, 1)[None].float()
+        big[v] = tmp_path / f"{v}.png"
+        write_image(big[v], tnf.interpolate(img, scale_factor=2, mode="nearest")[0].permute(1, 2, 0).byte().numpy())
+    va, vb = framed_views(small), framed_views(big)
+    a, b = predict_views(model, va.crops, va.names), predict_views(model, vb.crops, vb.names)
+    assert torch.allclose(a["id"], b["id"], atol=0.05)
+    assert torch.allclose(b["pose"][:, [0, 4, 5]], 2 * a["pose"][:, [0, 4, 5]], rtol=0.02, atol=0.3)
+    assert torch.allclose(b["pose"][:, 1:4], a["pose"][:, 1:4], atol=0.02)
 
 
 def test_single_front_view_with_mean_fusion(mean_checkpoint, tiny_synth, tmp_path):
@@ -91,7 +94,7 @@ def test_single_front_view_with_mean_fusion(mean_checkpoint, tiny_synth, tmp_pat
                  str(tiny_synth / "000003" / "front.png"), "--out", str(out)]) == 0
     params = json.loads((out / "params.json").read_text())
     assert list(params["pose"]) == ["front"]
-    assert (out / "front_overlay.png").is_file() and not (out / "left_overlay.png").exists()
+    assert (out / "overlay_front.png").is_file() and not (out / "overlay_left.png").exists()
     # the same model also takes all three views
     out3 = tmp_path / "three"
     assert main(["reconstruct", "--checkpoint", str(mean_checkpoint), "--images",
@@ -122,17 +125,17 @@ def _one_line(result, *needles):
 def test_concat_needs_all_three_views(cli, smoke_checkpoint, tiny_synth, tmp_path):
     subject = tiny_synth / "000001"
     _one_line(cli("--checkpoint", str(smoke_checkpoint), "--front", str(subject / "front.png"),
-                   "--out", str(tmp_path / "o")), "missing view(s) left, right", "concat")
+                   "--out", str(tmp_path / "o")), "concat", "got front")
     two = tmp_path / "two"
     two.mkdir()
     for v in ("front", "right"):
         (two / f"{v}.png").write_bytes((subject / f"{v}.png").read_bytes())
     _one_line(cli("--checkpoint", str(smoke_checkpoint), "--images", str(two), "--out", str(tmp_path / "o")),
-              "missing view(s) left", "got 2")
+              "concat", "got front, right")
 
 
 def test_input_errors(cli, smoke_checkpoint, tiny_synth, tmp_path):
-    from mvf.recon.pipeline import gather_views, load_model, reconstruct
+    from mvf.recon.views import framed_views, gather_views
 
     subject = tiny_synth / "000001"
     _one_line(cli("--checkpoint", str(smoke_checkpoint), "--out", str(tmp_path / "o")), "no input images")
@@ -141,10 +144,11 @@ def test_input_errors(cli, smoke_checkpoint, tiny_synth, tmp_path):
                    "--out", str(tmp_path / "o")), "nope.png", "not found")
     with pytest.raises(MvfError, match="not both"):
         gather_views(front="a.png", images_dir=str(subject))
-    model = load_model(smoke_checkpoint)
-    wide = {v: np.zeros((64, 80, 3), np.uint8) for v in ("front", "left", "right")}
-    with pytest.raises(MvfError, match="square"):
-        reconstruct(model, wide)
+    from mvf.fileio import write_image
+
+    write_image(tmp_path / "wide.png", np.zeros((64, 80, 3), np.uint8))
+    with pytest.raises(MvfError, match="wide.png.*square"):
+        framed_views({"front": tmp_path / "wide.png"})
 
 
 def test_checkpoint_errors(cli, smoke_checkpoint, tiny_synth, tmp_path):
@@ -172,16 +176,20 @@ def test_checkpoint_errors(cli, smoke_checkpoint, tiny_synth, tmp_path):
 
 
 def test_overlay_draws_the_mesh_where_the_pose_puts_it(tiny_synth):
-    """With the ground-truth face and pose the overlay's changed pixels match the face mask."""
+    """With the ground-truth face and pose the overlay's mesh panel matches the face mask."""
     from mvf.data import SynthDataset
-    from mvf.recon.pipeline import overlay
+    from mvf.face.mesh import vertex_normals
+    from renderer.pictures import overlay_sheet
 
     face = FaceModel.load()
     sample = SynthDataset(tiny_synth)[0]
-    verts = face.decode(sample["id"][None], sample["exp"][None])[0].numpy()
-    img = (sample["images"][1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    out = overlay(img, verts, sample["pose"][1].numpy(), face)
-    changed = np.abs(out.astype(int) - img.astype(int)).sum(-1) > 6
+    verts = face.decode(sample["id"][None], sample["exp"][None])[0]
+    img = sample["images"][1].permute(1, 2, 0).numpy()
+    out = overlay_sheet(img, verts, face.faces, vertex_normals(verts, face.faces), sample["pose"][1],
+                        torch.ones(face.n_verts))
+    w = img.shape[1]
+    changed = np.abs(out[:, :w] - img).sum(-1) > 6 / 255
     mask = sample["masks"][1].numpy() > 0.5
     iou = (changed & mask).sum() / (changed | mask).sum()
     assert iou > 0.85, iou
+

@@ -97,6 +97,11 @@ def test_visualize_missing_images_exit_2(tmp_path, capsys):
     (tmp_path / "imgs").mkdir()
     code = main(["visualize", "--params", str(path), "--images", str(tmp_path / "imgs"), "--out", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 2 and "no 'front' image" in err
+    assert code == 2 and "no front/left/right images" in err
+    from mvf.fileio import write_image
+
+    write_image(tmp_path / "imgs" / "front.png", np.zeros((16, 16, 3), np.uint8))
+    code = main(["visualize", "--params", str(path), "--images", str(tmp_path / "imgs"), "--out", str(tmp_path)])
+    assert code == 2 and "no 'left' image" in capsys.readouterr().err
     code = main(["visualize", "--random", "--params", str(path), "--out", str(tmp_path)])
     assert code == 2 and "drop --params" in capsys.readouterr().err

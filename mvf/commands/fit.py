@@ -2,43 +2,18 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import time
 
-from renderer.views import VIEWS
+import torch
 
-
-def add_view_arguments(p: argparse.ArgumentParser) -> None:
-    """--front/--left/--right (or --images DIR) and per-view landmark files."""
-    for v in VIEWS:
-        p.add_argument(f"--{v}", metavar="IMG", help=f"{v} photo")
-    p.add_argument("--images", metavar="DIR", help="folder with front/left/right.<jpg|png>")
-    for v in VIEWS:
-        p.add_argument(f"--{v}-landmarks", metavar="FILE",
-                       help=f"68-point landmarks for the {v} photo (.pts or .npy); overrides detection")
-    p.add_argument("--auto-order", action="store_true",
-                   help="reassign photos whose detected yaw contradicts their slot")
-    p.add_argument("--no-crop", action="store_true",
-                   help="inputs are already square crops in the model's framing")
-
-
-def view_paths(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Image and landmark-file paths per view from the parsed arguments."""
-    from mvf.errors import MvfError
-    from mvf.fileio import find_view_image
-
-    paths: dict[str, Path] = {}
-    if args.images:
-        folder = Path(args.images)
-        if not folder.is_dir():
-            raise MvfError(f"{folder}: images folder not found")
-        paths = {v: find_view_image(folder, v) for v in VIEWS}
-    for v in VIEWS:
-        if getattr(args, v):
-            paths[v] = Path(getattr(args, v))
-    if not paths:
-        raise MvfError("no images: give --front/--left/--right or --images DIR")
-    lms = {v: Path(getattr(args, f"{v}_landmarks")) for v in VIEWS if getattr(args, f"{v}_landmarks")}
-    return paths, lms
+from mvf.config import load_config
+from mvf.errors import MvfError
+from mvf.face.model import FaceModel
+from mvf.recon.fit import FitConfig
+from mvf.recon.outputs import print_summary, write_outputs
+from mvf.recon.pipeline import reconstruct
+from mvf.recon.texture import TextureConfig
+from mvf.recon.views import add_view_arguments, detect_views, views_from_args
 
 
 def add_parser(sub) -> None:
@@ -49,6 +24,8 @@ def add_parser(sub) -> None:
                     "from the views and write mesh.obj/.mtl/.png, mesh.ply, params.json, "
                     "overlay_<view>.png on the full photos and timing.json.")
     add_view_arguments(p)
+    p.add_argument("--no-crop", action="store_true",
+                   help="inputs are already square crops in the model's framing")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--config", metavar="YAML", help="fit settings (mvf.recon.fit.FitConfig keys, e.g. configs/fit.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -62,17 +39,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
-    import torch
-
-    from mvf.config import load_config
-    from mvf.errors import MvfError
-    from mvf.face.model import FaceModel
-    from mvf.recon.fit import FitConfig
-    from mvf.recon.photos import prepare_views, print_timing, reconstruct_photos
-    from mvf.recon.texture import TextureConfig
-
     if args.threads < 1:
         raise MvfError(f"--threads {args.threads}: must be >= 1")
     if args.size < 64:
@@ -81,17 +47,13 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cfg = load_config(args.config, FitConfig, args.set)
     tex_cfg = TextureConfig(size=args.texture_size)
-    paths, lm_files = view_paths(args)
-    model = FaceModel.load()
+    paths, lm_files = views_from_args(args)
+    face = FaceModel.load()
     t1 = time.perf_counter()
-    views = prepare_views(paths, args.size, lm_files, args.auto_order, crop=not args.no_crop)
+    views = detect_views(paths, args.size, lm_files, args.auto_order, crop=not args.no_crop)
+    timing = {"load": t1 - t0, "detect_crop": time.perf_counter() - t1}
     for w in views.warnings:
         print(f"warning: {w}")
-    timing = {"load": t1 - t0, "detect_crop": time.perf_counter() - t1}
-    summary = reconstruct_photos(model, views, Path(args.out), cfg, texture_cfg=tex_cfg, timing=timing)
-    per_view = ", ".join(f"{v} {e:.2f}" for v, e in summary["landmark_error_per_view"].items())
-    print(f"landmark reprojection error: {summary['landmark_error_px']:.2f} px mean ({per_view}; "
-          f"crop frame, {args.size} px)")
-    print_timing(summary["timing"])
-    print("wrote " + ", ".join(str(p) for p in summary["written"]))
+    rec = reconstruct(views, None, cfg, face=face, texture_config=tex_cfg, progress=True)
+    print_summary(rec, write_outputs(rec, args.out, timing=timing))
     return 0

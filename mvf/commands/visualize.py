@@ -6,8 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from mvf.errors import MvfError, file_error
+from mvf.face.model import FaceModel
+from mvf.face.params import load_params
+from mvf.fileio import read_image, write_image, write_json
+from mvf.losses.flow import build_flow
+from mvf.losses.selfsup import inner_face_region
+from mvf.recon.views import gather_views
+from mvf.train.selfsup_stage import cross_view_sheets
+from renderer.camera import make_pose
+from renderer.shading import render
+from renderer.textures import smooth_random_colours
 from renderer.views import VIEWS
 
 
@@ -44,8 +55,6 @@ def read_params(path: str | Path, model) -> tuple[torch.Tensor, torch.Tensor, to
     Extra keys (e.g. those `mvf reconstruct` and `mvf fit` add) are ignored; the three poses are
     required. `MvfError` naming the file on bad input.
     """
-    from mvf.face.params import load_params
-
     params = load_params(path, model)
     missing = [v for v in VIEWS if v not in params.pose]
     if missing:
@@ -58,14 +67,11 @@ def read_params(path: str | Path, model) -> tuple[torch.Tensor, torch.Tensor, to
 
 def _load_images(folder: str | Path, size: int | None) -> tuple[torch.Tensor, float]:
     """``(V, 3, S, S)`` float images and the factor applied to pixel coordinates."""
-    from PIL import Image
-
-    from mvf.fileio import find_view_image, read_image
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise file_error(folder, "images folder not found")
-    paths = [find_view_image(folder, v) for v in VIEWS]
+    found = gather_views(images_dir=str(folder))
+    missing = [v for v in VIEWS if v not in found]
+    if missing:
+        raise file_error(folder, f"no '{missing[0]}' image ({missing[0]}.png or .jpg)")
+    paths = [found[v] for v in VIEWS]
     arrays = [read_image(p) for p in paths]
     h, w = arrays[0].shape[:2]
     for p, a in zip(paths, arrays):
@@ -88,10 +94,6 @@ def random_scene(model, seed: int, size: int, backend: str = "auto"):
 
     Returns ``(verts (Nv, 3), poses (3, 6), images (3, 3, S, S), params dict)``.
     """
-    from renderer.camera import make_pose
-    from renderer.shading import render
-    from renderer.textures import smooth_random_colours
-
     g = torch.Generator().manual_seed(seed)
     ids = torch.randn(model.n_id, generator=g)
     exp = torch.zeros(model.n_exp)
@@ -114,12 +116,6 @@ def random_scene(model, seed: int, size: int, backend: str = "auto"):
 
 # ----------------------------------------------------------------------------- command
 def run(args: argparse.Namespace) -> int:
-    from mvf.face.model import FaceModel
-    from mvf.fileio import write_image, write_json
-    from mvf.losses.flow import build_flow
-    from mvf.losses.selfsup import inner_face_region
-    from mvf.train.selfsup_stage import cross_view_sheets
-
     if args.size is not None and not 8 <= args.size <= 4096:
         raise MvfError(f"--size {args.size}: must be between 8 and 4096")
     out = Path(args.out)

@@ -1,8 +1,12 @@
-"""Images in the training framing -> a face: load a checkpoint, predict, write mesh/params/overlays.
+"""Views in, a face out: the one reconstruction pipeline (network prediction and/or test-time fitting).
 
-Inputs are square crops framed like the synthetic training data (the face's landmark box
-filling roughly half the image, centred). Images of another size are resized to the network's
-input size; the predicted poses are scaled back to the input images' pixels.
+    views = detect_views(paths)                    # or framed_views(paths): mvf.recon.views
+    rec = reconstruct(views, network, fit_config)  # predict, fit, texture
+    write_outputs(rec, face, out_dir)              # mvf.recon.outputs
+
+With a network its prediction is the result (``fit_config=None``) or the start of the fit;
+without one the fit starts from the mean face with poses from the landmarks. Crops of any size
+are resized to the network's input size and its poses scaled back to crop pixels.
 """
 from __future__ import annotations
 
@@ -14,17 +18,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as tnf
+from torch import Tensor
 
 from mvf.errors import MvfError, file_error
 from mvf.face.model import FaceModel
-from mvf.fileio import find_view_image, read_image, write_image
+from mvf.losses.supervised import LandmarkProjector
 from mvf.net.network import MVFNet, build_network
+from mvf.recon.crop import crop_image
+from mvf.recon.fit import FitConfig, FitResult, fit, fitted_landmarks, scale_poses
+from mvf.recon.refine import predict
+from mvf.recon.texture import Texture, TextureConfig, texture_from_views, uv_layout
+from mvf.recon.views import Views
 from mvf.train.checkpoint import load_checkpoint, load_model_state
 from mvf.train.config import TrainConfig, config_from_dict
-from renderer.views import VIEWS
 
-OVERLAY_ALPHA = 0.55
-MESH_GREY = (0.78, 0.78, 0.78)
+TEXTURE_SOURCE_MAX = 1024  # colours come from crops of the photo up to this size (px)
 
 
 @dataclass
@@ -67,124 +75,129 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     return LoadedModel(net.to(device).eval(), face, cfg, int(ckpt["step"]), path)
 
 
-def gather_views(front: str | None = None, left: str | None = None, right: str | None = None,
-                 images_dir: str | None = None) -> dict[str, Path]:
-    """View name -> image path, from ``--front/--left/--right`` or an ``--images`` folder."""
-    given = {v: p for v, p in zip(VIEWS, (front, left, right)) if p}
-    if images_dir and given:
-        raise MvfError("give either --images DIR or --front/--left/--right, not both")
-    if images_dir:
-        folder = Path(images_dir)
-        if not folder.is_dir():
-            raise file_error(folder, "image folder not found")
-        found = {}
-        for v in VIEWS:
-            try:
-                found[v] = find_view_image(folder, v)
-            except MvfError:
-                pass
-        if not found:
-            raise file_error(folder, "no front/left/right images (front.png, left.png, right.png)")
-        return found
-    if not given:
-        raise MvfError("no input images: give --front F [--left L --right R] or --images DIR")
-    return {v: Path(p) for v, p in given.items()}
+@dataclass
+class Reconstruction:
+    """A face for ``views``: coefficients ``id`` ``(K_id,)``, ``exp`` ``(K_exp,)``, ``poses``
+    ``(V, 6)`` in crop px, ``verts`` ``(N, 3)`` mm of ``face``, model ``landmarks`` ``(V, 68, 2)``
+    crop px, the ``texture``; ``fit`` (None without fitting), ``timing`` seconds per stage and ``info``
+    (how it was made: init, fit steps, checkpoint)."""
 
+    views: Views
+    face: FaceModel
+    id: Tensor
+    exp: Tensor
+    poses: Tensor
+    verts: Tensor
+    landmarks: Tensor
+    texture: Texture
+    fit: FitResult | None = None
+    timing: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
 
-def check_views(net: MVFNet, views: tuple[str, ...], where: str = "inputs") -> None:
-    """`MvfError` when ``views`` don't suit the network (concat needs front, left and right)."""
-    if net.cfg.fusion == "concat" and views != VIEWS:
-        missing = [v for v in VIEWS if v not in views]
-        raise MvfError(f"{where}: missing view(s) {', '.join(missing)}: this model's concat fusion "
-                       f"needs exactly 3 images (front, left, right), got {len(views)}")
+    def poses_full(self) -> Tensor:
+        """Poses ``(V, 6)`` in the input photos' pixels."""
+        return torch.stack([tf.pose_to_full(p) for tf, p in zip(self.views.transforms, self.poses)])
 
-
-def prepare_images(images: dict[str, np.ndarray], size: int, device) -> tuple[torch.Tensor, dict[str, float]]:
-    """``(1, V, 3, S, S)`` float tensor in VIEWS order and per-view scale (input px per network px)."""
-    tensors, scales = [], {}
-    for view, img in images.items():
-        h, w = img.shape[:2]
-        if h != w:
-            raise MvfError(f"{view} image is {w}x{h}: expected a square crop in the training framing")
-        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(255.0)[None]
-        if h != size:
-            t = tnf.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        tensors.append(t[0])
-        scales[view] = h / size
-    return torch.stack(tensors)[None].to(device), scales
+    def landmark_errors(self) -> tuple[float | None, dict[str, float]]:
+        """Mean distance (crop px) of the model's landmarks to the views' visible landmarks,
+        overall and per view; ``(None, {})`` for views without landmarks."""
+        if self.views.landmarks is None:
+            return None, {}
+        vis = self.views.visible.to(self.landmarks.device)
+        dist = (self.landmarks - self.views.landmarks.to(self.landmarks.device)).norm(dim=-1)
+        per_view = {v: float((dist[i] * vis[i]).sum() / vis[i].sum().clamp_min(1))
+                    for i, v in enumerate(self.views.names)}
+        return float((dist * vis).sum() / vis.sum().clamp_min(1)), per_view
 
 
 @torch.no_grad()
-def reconstruct(model: LoadedModel, images: dict[str, np.ndarray]) -> Reconstruction:
-    """Predict the face from ``images`` (view name -> ``(H, W, 3)`` uint8, square)."""
-    from mvf.losses.supervised import LandmarkProjector
-    from mvf.recon.refine import predict
-
-    views = tuple(v for v in VIEWS if v in images)
-    check_views(model.net, views)
-    device = next(model.net.parameters()).device
-    x, scales = prepare_images({v: images[v] for v in views}, model.net.cfg.image_size, device)
-    t0 = time.perf_counter()
-    out = predict(model.net, model.face, x, views=views)
-    seconds = time.perf_counter() - t0
-    pose = out["pose"][0].clone()  # (V, 6)
-    k = torch.tensor([scales[v] for v in views], device=device)
-    pose[:, 0] *= k
-    pose[:, 4] *= k
-    pose[:, 5] *= k
-    verts = model.face.decode(out["id"], out["exp"])
-    lm = LandmarkProjector(model.face)(verts, pose[None])[0]
-    return Reconstruction(
-        views=views, id=out["id"][0].cpu().numpy(), exp=out["exp"][0].cpu().numpy(),
-        pose={v: pose[i].cpu().numpy() for i, v in enumerate(views)}, verts=verts[0].cpu().numpy(),
-        landmarks={v: lm[i].cpu().numpy() for i, v in enumerate(views)}, seconds=seconds)
+def predict_views(network: LoadedModel, crops: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:
+    """The network's ``id (K,)``, ``exp (K,)``, ``pose (V, 6)`` for crops ``(V, 3, S, S)``, poses
+    in the crops' pixels (the crops are resized to the network's input size)."""
+    net = network.net
+    try:
+        net.check_views(names, len(names))
+    except MvfError as e:
+        raise MvfError(f"{network.path}: {e}") from None
+    device = next(net.parameters()).device
+    size, s = net.cfg.image_size, crops.shape[-1]
+    x = crops.to(device)
+    if s != size:
+        x = tnf.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    out = predict(net, network.face, x[None], views=names)
+    return {"id": out["id"][0], "exp": out["exp"][0], "pose": scale_poses(out["pose"][0], s / size)}
 
 
-def overlay(image: np.ndarray, verts: np.ndarray, pose: np.ndarray, face: FaceModel,
-            landmarks: np.ndarray | None = None) -> np.ndarray:
-    """The shaded mesh blended over ``image`` (``(H, W, 3)`` uint8), landmarks as dots: uint8."""
-    from renderer import render
+def texture_sources(views: Views, poses: Tensor, max_size: int = TEXTURE_SOURCE_MAX
+                    ) -> tuple[list[Tensor], Tensor]:
+    """Images to take colours from and their poses: per view, the crop box cut again from the photo
+    at its native resolution (capped at ``max_size``), or the crop itself if that is not larger.
 
-    h, w = image.shape[:2]
-    v = torch.as_tensor(verts, dtype=torch.float32)[None]
-    p = torch.as_tensor(pose, dtype=torch.float32)[None]
-    colours = torch.tensor(MESH_GREY).expand(1, v.shape[1], 3)
-    rgba = render(v, face.faces.cpu(), colours, p, (h, w))[0].numpy()
-    base = image.astype(np.float32) / 255.0
-    alpha = OVERLAY_ALPHA * rgba[..., 3:4]
-    out = base * (1.0 - alpha) + rgba[..., :3] * alpha
-    if landmarks is not None:
-        r = max(1, round(h / 160))
-        for u, vv in landmarks:
-            i, j = int(vv), int(u)
-            if 0 <= i < h and 0 <= j < w:
-                out[max(i - r, 0):i + r + 1, max(j - r, 0):j + r + 1] = (0.1, 0.9, 0.2)
-    return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def write_outputs(rec: Reconstruction, images: dict[str, np.ndarray], face: FaceModel,
-                  out_dir: str | Path, extra: dict | None = None) -> list[Path]:
-    """Write ``mesh.obj`` (with UVs), ``mesh.ply``, ``params.json`` and ``<view>_overlay.png``."""
-    from mvf.io.meshio import save_mesh
-    from mvf.face.params import FaceParams, save_params
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    written += save_mesh(out / "mesh.obj", rec.verts, face.faces, verts_uvs=face.verts_uvs,
-                         faces_uvs=face.faces_uvs)
-    written += save_mesh(out / "mesh.ply", rec.verts, face.faces)
-    info = {"views": list(rec.views), "pose_units": "f px/mm, alpha/beta/gamma rad, tx/ty px",
-            "inference_seconds": round(rec.seconds, 4), **(extra or {})}
-    save_params(out / "params.json", FaceParams(rec.id, rec.exp, dict(rec.pose), extra=info))
-    written.append(out / "params.json")
-    for view in rec.views:
-        path = out / f"{view}_overlay.png"
-        write_image(path, overlay(images[view], rec.verts, rec.pose[view], face, rec.landmarks.get(view)))
-        written.append(path)
-    return written
+    ``poses`` ``(V, 6)`` crop px. Returns (V images ``(3, T, T)`` in [0, 1], poses ``(V, 6)``).
+    """
+    images, out_poses = [], []
+    for i, tf in enumerate(views.transforms):
+        crop = views.crops[i]
+        size = crop.shape[-1]
+        target = min(max_size, int(round(tf.out_size / tf.scale)))  # the crop box's side in photo px
+        if not views.cropped or target <= size:
+            images.append(crop)
+            out_poses.append(poses[i])
+            continue
+        big, _ = crop_image(views.photos[i], views.photo_landmarks[i], out_size=target)
+        images.append(torch.from_numpy(np.array(big)).permute(2, 0, 1).float().div(255.0).to(crop.device))
+        out_poses.append(scale_poses(poses[i], target / size))
+    return images, torch.stack(out_poses)
 
 
-def read_views(paths: dict[str, Path]) -> dict[str, np.ndarray]:
-    """Read each view's image (``(H, W, 3)`` uint8); `MvfError` naming an unreadable file."""
-    return {v: read_image(p) for v, p in paths.items()}
+def reconstruct(views: Views, network: LoadedModel | None = None, fit_config: FitConfig | None = None,
+                face: FaceModel | None = None, texture_config: TextureConfig | None = None,
+                backend: str = "auto", progress: bool = False) -> Reconstruction:
+    """Predict (with ``network``) and/or fit (with ``fit_config``), then texture, one subject's views.
+
+    Args:
+        views: `mvf.recon.views.Views`; fitting needs its landmarks.
+        network: a `LoadedModel` or None. fit_config: `FitConfig`, or None to keep the network's
+            prediction (then a network is required).
+        face: the face model (default: the network's, else `FaceModel.load()`).
+    """
+    if network is None and fit_config is None:
+        raise MvfError("nothing to reconstruct with: give a checkpoint or fitting settings")
+    face = face or (network.face if network is not None else FaceModel.load())
+    timing: dict[str, float] = {}
+    info: dict = {"checkpoint": None if network is None else str(network.path),
+                  "checkpoint_step": None if network is None else network.step}
+    init = None
+    if network is not None:
+        t = time.perf_counter()
+        init = predict_views(network, views.crops, views.names)
+        timing["network"] = time.perf_counter() - t
+    result = None
+    if fit_config is not None:
+        if views.landmarks is None:
+            raise MvfError(f"{views.paths[0]}: fitting needs landmarks (detect them: --crop detect)")
+        t = time.perf_counter()
+        result = fit(face, views.crops, views.landmarks, views.visible, fit_config, init=init,
+                     backend=backend, progress=progress)
+        for phase, sec in result.seconds.items():
+            timing[f"fit_{phase}"] = sec
+        timing["fit_setup"] = time.perf_counter() - t - sum(result.seconds.values())  # around the phases
+        ids, exps, poses = result.id, result.exp, result.poses
+        landmarks = fitted_landmarks(face, result, fit_config.contour)
+    else:
+        ids, exps, poses = init["id"], init["exp"], init["pose"]
+    with torch.no_grad():
+        verts = face.decode(ids[None], exps[None])[0]
+        if result is None:
+            landmarks = LandmarkProjector(face)(verts[None], poses[None])[0]
+    info.update(init="network" if init is not None else "mean face + landmark poses",
+                fit_steps=0 if result is None else len(result.history))
+
+    t = time.perf_counter()
+    tex_cfg = texture_config or TextureConfig()
+    layout = uv_layout(face.verts_uvs, face.faces_uvs, tex_cfg.size) if face.verts_uvs is not None else None
+    sources, source_poses = texture_sources(views, poses)
+    texture = texture_from_views(verts, face.faces, poses, tuple(views.crops.shape[-2:]), sources,
+                                 source_poses, tex_cfg, layout, backend)
+    timing["texture"] = time.perf_counter() - t
+    return Reconstruction(views, face, ids, exps, poses, verts, landmarks, texture, result, timing, info)
