@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from renderer.camera import project_with_depth
 from renderer.views import VIEWS
@@ -55,8 +56,6 @@ def dots(image: np.ndarray, points: np.ndarray, colour: tuple[float, float, floa
 
 def label(panel: np.ndarray, text: str) -> None:
     """Write ``text`` on a black box in the top-left corner of a float panel, in place."""
-    from PIL import Image, ImageDraw
-
     img = Image.fromarray((np.clip(panel, 0, 1) * 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     draw.rectangle([0, 0, 7 * len(text) + 6, 14], fill=(0, 0, 0))
@@ -110,8 +109,6 @@ def _mask_rgb(mask: torch.Tensor) -> np.ndarray:
 
 def compose(panels: Sequence[Panel], columns: int = 4) -> np.ndarray:
     """Tile titled panels (all ``(H, W, 3)`` float in [0, 1]) into one uint8 sheet."""
-    from PIL import Image, ImageDraw
-
     h, w = panels[0][1].shape[:2]
     rows = (len(panels) + columns - 1) // columns
     cell_h, cell_w = h + TITLE_PX, w + GAP_PX

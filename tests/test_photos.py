@@ -164,3 +164,20 @@ def test_checkpoint_and_photo_paths_write_the_same_outputs(tiny_synth, smoke_che
     assert net["init"] == "network" and net["fit_steps"] == 0 and net["landmark_error_px"] is None
     fitted = json.loads((fit_out / "params.json").read_text())
     assert fitted["checkpoint"] is None and fitted["fit_steps"] > 0 and fitted["landmark_error_px"] < 1.5
+
+
+def test_checkpoint_on_photos_with_refinement(smoke_checkpoint, photos, tmp_path):
+    """--crop detect --refine-steps: the network's prediction on the crops starts the fit."""
+    from mvf.cli import main
+
+    _, paths, lm_files = photos
+    args = ["reconstruct", "--checkpoint", str(smoke_checkpoint), "--crop", "detect", "--refine-steps", "3",
+            "--out", str(tmp_path)]
+    for v in VIEWS:
+        args += [f"--{v}", str(paths[v]), f"--{v}-landmarks", str(lm_files[v])]
+    assert main(args) == 0
+    assert {p.name for p in tmp_path.iterdir()} == OUTPUT_FILES
+    params = json.loads((tmp_path / "params.json").read_text())
+    assert params["init"] == "network" and 0 < params["fit_steps"] <= 3
+    assert params["checkpoint"] == str(smoke_checkpoint) and params["landmark_error_px"] is not None
+    assert {"network", "fit_landmarks", "texture"} <= set(json.loads((tmp_path / "timing.json").read_text()))

@@ -4,7 +4,7 @@
         [--views 8] [--yaw -90 90] [--pitch 0] [--size 256] [--shading 0.35] [--frame face|mesh]
         [--no-caps]
 
-``.obj`` meshes with UVs and a texture (``mesh.mtl`` -> ``mesh.png``, as `mvf fit` writes) are
+``.obj`` meshes with UVs and a texture (``mesh.mtl`` -> ``mesh.png``, as `mvf reconstruct` and `mvf fit` write) are
 rendered with the texture sampled per pixel; ``.ply`` meshes with their vertex colours;
 anything else in plain grey. A Lambertian light from the viewer's upper left modulates the
 colours by ``1 - shading + shading * max(0, n·l)`` so the shape reads too.
@@ -22,11 +22,17 @@ import torch.nn.functional as tnf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pytorch3d.io import load_obj  # noqa: E402
+
+from renderer import interpolate_vertex_attr, pixel_mask, rasterize  # noqa: E402
 from renderer.camera import make_pose  # noqa: E402
 from renderer.rotations import euler_to_matrix  # noqa: E402
 from mvf.errors import MvfError  # noqa: E402
 from mvf.fileio import write_image  # noqa: E402
+from mvf.data.caps import HoleCaps  # noqa: E402
 from mvf.face.mesh import vertex_normals  # noqa: E402
+from mvf.face.model import FaceModel  # noqa: E402
+from mvf.io.meshio import load_mesh  # noqa: E402
 
 
 @dataclass
@@ -53,12 +59,8 @@ def load_for_render(path: Path, caps: bool = True, frame: str = "face") -> Rende
     closes the eye and mouth holes with `mvf.data.caps.HoleCaps` (scenery: plain colours) and
     ``frame="face"`` centres the view on the 68 landmarks instead of the whole head and neck.
     """
-    from mvf.io.meshio import load_mesh
-
     uvs = tex = None
     if path.suffix.lower() == ".obj":
-        from pytorch3d.io import load_obj
-
         try:
             verts, faces_obj, aux = load_obj(path, load_textures=True)
         except Exception as e:  # corrupt file
@@ -78,8 +80,6 @@ def load_for_render(path: Path, caps: bool = True, frame: str = "face") -> Rende
     radius = float((verts - centre).norm(dim=-1).max())
     model = None
     if caps or frame == "face":
-        from mvf.face.model import FaceModel
-
         try:
             model = FaceModel.load()
         except MvfError:
@@ -95,8 +95,6 @@ def load_for_render(path: Path, caps: bool = True, frame: str = "face") -> Rende
         rv, rf, rc = verts[split_of], faces_r, colours[split_of]
     textured = torch.full((rv.shape[0],), uvs is not None)
     if model is not None and caps:
-        from mvf.data.caps import HoleCaps
-
         hc = HoleCaps.from_model(model)
         normals = vertex_normals(verts, faces)
         cap_v = hc.vertices(verts[None], normals[None])[0]
@@ -113,8 +111,6 @@ def load_for_render(path: Path, caps: bool = True, frame: str = "face") -> Rende
 def turntable(mesh: RenderMesh, yaws: list[float], size: int = 256, pitch: float = 0.0,
               shading: float = 0.35, background: float = 1.0) -> np.ndarray:
     """``(size, len(yaws) * size, 3)`` float image: the mesh turned about its vertical axis."""
-    from renderer import interpolate_vertex_attr, pixel_mask, rasterize
-
     verts, faces = mesh.verts, mesh.faces
     centre, radius = mesh.frame
     f = 0.48 * size / radius

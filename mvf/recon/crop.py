@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from mvf.errors import MvfError
 
@@ -127,8 +128,6 @@ def crop_image(image: np.ndarray, landmarks, out_size: int = 224, factor: float 
         ``(crop, transform)``: ``(out_size, out_size, 3)`` uint8 and the `CropTransform` with
         ``crop_point = (photo_point - offset) * scale``.
     """
-    from PIL import Image
-
     if pad not in PAD_MODES:
         raise ValueError(f"pad must be one of {PAD_MODES}, got {pad!r}")
     img = np.asarray(image)

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mvf.recon.fit import FitConfig, fit
+
+
 @dataclass(frozen=True)
 class RefineSettings:
     """The refinement's solver settings (`mvf.recon.fit.FitConfig` keys), from the model config."""
@@ -38,8 +41,6 @@ def refine_with_landmarks(face, out: dict[str, Tensor], settings: RefineSettings
             ``exp (B, n_exp)``, ``pose (B, V, 6)`` and ``landmarks (B, V, 68, 2)`` px.
     Returns: a new dict, ``id``, ``exp``, ``pose`` refined (``landmarks`` kept).
     """
-    from mvf.recon.fit import FitConfig, fit
-
     cfg = FitConfig(n_id=out["id"].shape[1], landmark_steps=settings.steps, w_jaw=settings.w_jaw,
                     w_id_prior=settings.w_id_prior, w_exp_prior=settings.w_exp_prior,
                     w_net_prior=settings.w_net)

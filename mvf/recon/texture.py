@@ -21,6 +21,8 @@ import torch.nn.functional as tnf
 from torch import Tensor
 
 from renderer.camera import pixels_to_grid, project, view_directions
+from renderer.raster import fast_pix_to_face, fragments_from_pix_to_face, rasterize
+from renderer.visibility import vertex_visibility
 from mvf.errors import MvfError
 from mvf.face.mesh import fill_vertex_holes, vertex_normals
 
@@ -77,8 +79,6 @@ def view_weights(verts: Tensor, faces: Tensor, poses: Tensor, image_size: tuple[
 
     Args: verts ``(N, 3)`` mm, faces ``(F, 3)``, poses ``(V, 6)``, image_size ``(H, W)``.
     """
-    from renderer import rasterize, vertex_visibility
-
     v = poses.shape[0]
     vv = verts[None].expand(v, -1, -1)
     frags = rasterize(vv, faces, poses, image_size, backend=backend)
@@ -121,8 +121,6 @@ def uv_layout(verts_uvs: Tensor, faces_uvs: Tensor, size: int) -> UVLayout:
 
     UV (0, 0) is the bottom-left of the texture image (OBJ convention): row = (1 - v) * size.
     """
-    from renderer.raster import fast_pix_to_face, fragments_from_pix_to_face
-
     proj = torch.stack([verts_uvs[:, 0] * size, (1.0 - verts_uvs[:, 1]) * size,
                         torch.ones_like(verts_uvs[:, 0])], -1)[None]  # depth 1: in front of the camera
     with torch.no_grad():

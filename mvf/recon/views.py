@@ -21,6 +21,7 @@ from torch import Tensor
 from mvf.errors import MvfError, file_error
 from mvf.fileio import find_view_image, read_image
 from mvf.recon.crop import CropTransform, crop_image
+from mvf.recon.detect import LandmarkDetector, check_view_order, load_or_detect
 from renderer.views import VIEWS
 
 
@@ -132,8 +133,6 @@ def detect_views(paths: dict[str, Path], size: int = 224, landmark_files: dict[s
             the model's framing (resized to ``size``) and only finds their landmarks.
     Raises `MvfError` naming the image for unreadable images, no face or bad landmark files.
     """
-    from mvf.recon.detect import LandmarkDetector, check_view_order, load_or_detect  # mediapipe
-
     landmark_files = landmark_files or {}
     photos = {v: read_image(p) for v, p in paths.items()}
     detector = LandmarkDetector() if any(v not in landmark_files for v in paths) else None
