@@ -115,7 +115,7 @@ def main() -> None:
             fh.write(f"real triplet-1 (test-time fitting): landmark error {real['landmark_error_px']:.2f} px at 224 px\n")
     print("\n" + (OUT / "report.txt").read_text())
     print(f"make run: done. Outputs in {OUT}:\n"
-          f"  {run} (checkpoints, metrics.csv, TensorBoard)\n  {recon} (mesh.obj/.ply, params.json, overlays)\n"
+          f"  {run} (checkpoints, metrics.csv, TensorBoard)\n  {recon} (textured mesh.obj, mesh.ply, params.json, overlays, timing.json)\n"
           f"  {OUT / 'visualize_synth'} (visibility sheets)\n  {OUT / 'recon_triplet1'} (real photos: textured mesh, overlays)\n"
           f"  {OUT / 'report.txt'}")
 
