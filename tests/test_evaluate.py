@@ -13,7 +13,7 @@ from mvf.evaluation.micc import (
     Similarity, SurfaceQuery, closest_points_on_triangles, evaluate_meshes, read_landmarks_3d,
     rotation_from_euler_deg, scaled_icp, umeyama,
 )
-from mvf.io.meshread import MeshData, read_mesh
+from mvf.io import Mesh, load_mesh
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +23,15 @@ def face():
     if not DEFAULT_ASSET.is_file():
         pytest.skip("face model asset not built")
     m = FaceModel.load()
-    return MeshData(m.mean.double().numpy(), m.faces.numpy()), m.landmarks.numpy()
+    return Mesh(m.mean.double().numpy(), m.faces.numpy()), m.landmarks.numpy()
 
 
 def _sphere(radius, subdivisions=4):
     s = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
-    return MeshData(np.asarray(s.vertices, np.float64), np.asarray(s.faces, np.int64))
+    return Mesh(np.asarray(s.vertices, np.float64), np.asarray(s.faces, np.int64))
 
 
-def _max_sag(mesh: MeshData, radius: float) -> float:
+def _max_sag(mesh: Mesh, radius: float) -> float:
     """How far the facets of a tessellated sphere dip below the sphere (max over triangles)."""
     tri = mesh.vertices[mesh.faces]
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
@@ -83,7 +83,7 @@ def test_boundary_detection():
     grid = trimesh.creation.box().subdivide()  # closed: no boundary
     sq = SurfaceQuery(grid.vertices, grid.faces)
     assert not sq.boundary_vertices.any()
-    plane = MeshData(np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], float), np.array([[0, 1, 2], [0, 2, 3]]))
+    plane = Mesh(np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], float), np.array([[0, 1, 2], [0, 2, 3]]))
     sq = SurfaceQuery(plane.vertices, plane.faces)
     d, _, f, b = sq.query(np.array([[0.5, 0.5, 1.0], [2.0, 0.5, 0.0]]))
     np.testing.assert_allclose(d, [1.0, 1.0])
@@ -105,7 +105,7 @@ def test_identical_meshes_give_zero(face):
 def test_known_similarity_is_recovered_from_the_nose_tip(face):
     mesh, _ = face
     true = Similarity(1.08, rotation_from_euler_deg(-12, 23, 6), np.array([30.0, -20.0, 100.0]))
-    pred = MeshData(true.inverse().apply(mesh.vertices), mesh.faces)  # pred = gt moved away
+    pred = Mesh(true.inverse().apply(mesh.vertices), mesh.faces)  # pred = gt moved away
     res = evaluate_meshes(pred, mesh)
     assert res.init.startswith("nose tip")
     assert res.transform.s == pytest.approx(1.08, abs=1e-5)
@@ -117,7 +117,7 @@ def test_known_similarity_is_recovered_from_landmarks(face, tmp_path):
     mesh, lmk = face
     # a rotation far outside the coarse search range: only the landmarks can find it
     true = Similarity(0.9, rotation_from_euler_deg(40, 100, -60), np.array([-5.0, 8.0, 3.0]))
-    pred = MeshData(true.inverse().apply(mesh.vertices), mesh.faces)
+    pred = Mesh(true.inverse().apply(mesh.vertices), mesh.faces)
     np.save(tmp_path / "pred_lm.npy", lmk)  # vertex indices
     np.savetxt(tmp_path / "gt_lm.txt", mesh.vertices[lmk])  # coordinates
     pl = read_landmarks_3d(tmp_path / "pred_lm.npy", pred.vertices)
@@ -131,7 +131,7 @@ def test_known_similarity_is_recovered_from_landmarks(face, tmp_path):
 def test_icp_methods_from_a_perturbed_start(face):
     mesh, _ = face
     true = Similarity(1.05, rotation_from_euler_deg(5, -10, 3), np.array([3.0, 4.0, 5.0]))
-    pred = MeshData(true.inverse().apply(mesh.vertices), mesh.faces)
+    pred = Mesh(true.inverse().apply(mesh.vertices), mesh.faces)
     start = Similarity(1.05 * 1.01, rotation_from_euler_deg(2, 1, -2) @ true.R, true.t + [2.0, -1.0, 1.0])
     crop = mesh.vertices[np.linalg.norm(mesh.vertices - mesh.vertices[np.argmax(mesh.vertices[:, 2])], axis=1) <= 95]
     err0 = np.abs(start.apply(pred.vertices) - mesh.vertices).max()
@@ -148,7 +148,7 @@ def test_known_noise_gives_its_rms(face):
     mesh, _ = face
     normals = np.asarray(trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).vertex_normals)
     noise = np.random.default_rng(1).normal(0.0, 0.5, len(mesh.vertices))
-    gt = MeshData(mesh.vertices + noise[:, None] * normals, mesh.faces)
+    gt = Mesh(mesh.vertices + noise[:, None] * normals, mesh.faces)
     res = evaluate_meshes(mesh, gt)
     in_crop = np.linalg.norm(gt.vertices - res.gt_nose, axis=1) <= 95.0
     expected = float(np.sqrt(np.mean(noise[in_crop] ** 2)))
@@ -174,7 +174,7 @@ def test_concentric_spheres_known_offset():
 
 def test_protocol_errors(face):
     mesh, lmk = face
-    cloud = MeshData(mesh.vertices, np.zeros((0, 3), np.int64))
+    cloud = Mesh(mesh.vertices, np.zeros((0, 3), np.int64))
     with pytest.raises(MvfError, match="no triangles"):
         evaluate_meshes(cloud, mesh)
     with pytest.raises(MvfError, match="both"):
@@ -182,7 +182,7 @@ def test_protocol_errors(face):
     with pytest.raises(MvfError, match="has 68 points but"):
         evaluate_meshes(mesh, mesh, mesh.vertices[lmk], mesh.vertices[lmk[:10]])
     with pytest.raises(MvfError, match="wrong units"):
-        evaluate_meshes(mesh, MeshData(mesh.vertices * 1000.0, mesh.faces))  # scan in micrometres
+        evaluate_meshes(mesh, Mesh(mesh.vertices * 1000.0, mesh.faces))  # scan in micrometres
     with pytest.raises(MvfError, match="out of range"):
         evaluate_meshes(mesh, mesh, gt_nose_index=10 ** 7)
 
@@ -220,7 +220,7 @@ Separator {
 def test_vrml_reader(tmp_path):
     f = tmp_path / "scan.wrl"
     f.write_text(VRML2)
-    m = read_mesh(f)
+    m = load_mesh(f)
     assert m.vertices.shape == (10, 3) and m.faces.shape == (6, 3)
     # first shape: x' = 10 + 2 * Rz(90) x
     base = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0.5, 1.5, 0]])
@@ -232,7 +232,7 @@ def test_vrml_reader(tmp_path):
     assert m.faces[3:].tolist() == [[7, 6, 5], [9, 7, 5], [8, 9, 5]]
     g = tmp_path / "old.wrl"
     g.write_text(VRML1)
-    m1 = read_mesh(g)
+    m1 = load_mesh(g)
     assert m1.vertices.shape == (4, 3) and m1.faces.tolist() == [[0, 1, 2], [1, 3, 2]]
 
 
@@ -243,7 +243,7 @@ def test_vrml_of_a_real_mesh_evaluates_against_itself(face, tmp_path):
     f = tmp_path / "face.wrl"
     f.write_text("#VRML V2.0 utf8\nShape { geometry IndexedFaceSet {\n coord Coordinate { point [\n"
                  f"{pts}\n] }}\n coordIndex [\n{idx}\n] }} }}\n")
-    m = read_mesh(f)
+    m = load_mesh(f)
     np.testing.assert_allclose(m.vertices, mesh.vertices, atol=1e-6)
     np.testing.assert_array_equal(m.faces, mesh.faces)
 
@@ -262,7 +262,7 @@ def test_bad_vrml_names_the_file(tmp_path, content, message):
     f = tmp_path / "bad.wrl"
     f.write_text(content)
     with pytest.raises(MvfError, match=message) as e:
-        read_mesh(f)
+        load_mesh(f)
     assert str(e.value).startswith(str(f)) and "\n" not in str(e.value)
 
 
@@ -270,26 +270,26 @@ def test_obj_and_ply_keep_vertex_order(tmp_path):
     obj = tmp_path / "m.obj"  # vertex 1 used with two different UVs: must not be split
     obj.write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nv 5 5 5\nvt 0 0\nvt 1 0\nvt 1 1\nvt 0 1\n"
                    "f 1/1 2/2 3/3\nf 1/4 3/3 4/4\nf 2/1 5/2 3/4\n")
-    m = read_mesh(obj)
+    m = load_mesh(obj)
     assert m.vertices.tolist()[4] == [5, 5, 5] and len(m.vertices) == 5
     assert m.faces.tolist() == [[0, 1, 2], [0, 2, 3], [1, 4, 2]]
     rng = np.random.default_rng(0)
     t = trimesh.Trimesh(rng.normal(size=(30, 3)), rng.integers(0, 30, (40, 3)), process=False)
     t.export(tmp_path / "m.ply")
-    p = read_mesh(tmp_path / "m.ply")
+    p = load_mesh(tmp_path / "m.ply")
     np.testing.assert_allclose(p.vertices, t.vertices, atol=1e-6)
     np.testing.assert_array_equal(p.faces, t.faces)
 
 
 def test_mesh_reader_errors(tmp_path):
     with pytest.raises(MvfError, match="mesh file not found"):
-        read_mesh(tmp_path / "none.obj")
+        load_mesh(tmp_path / "none.obj")
     (tmp_path / "m.xyzw").write_text("1 2 3")
     with pytest.raises(MvfError, match="unsupported mesh type"):
-        read_mesh(tmp_path / "m.xyzw")
+        load_mesh(tmp_path / "m.xyzw")
     (tmp_path / "bad.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 99\nend_header\n\x00")
     with pytest.raises(MvfError, match="bad.ply"):
-        read_mesh(tmp_path / "bad.ply")
+        load_mesh(tmp_path / "bad.ply")
 
 
 def test_landmark_3d_reader(tmp_path):
@@ -331,7 +331,7 @@ def test_cli_evaluate_writes_json(tmp_path, capsys):
     assert 1.0 - 1e-6 <= data["rmse_mm"] <= 1.0 + _max_sag(pred, 40.0)
     assert data["direction"] == "scan points -> predicted surface"
     assert data["crop_radius_mm"] == 95.0 and data["transform_pred_to_gt"]["scale"] == 1.0
-    aligned = read_mesh(tmp_path / "aligned.ply")
+    aligned = load_mesh(tmp_path / "aligned.ply")
     assert aligned.vertices.shape == pred.vertices.shape
     assert not list(out.parent.glob(".*tmp*"))  # atomic write left no temporaries
 

@@ -9,7 +9,7 @@ import torch
 
 from mvf.cli import main
 from mvf.face.model import FaceModel
-from mvf.io.meshio import load_mesh, save_mesh
+from mvf.io import load_mesh, save_mesh
 from mvf.face.params import FaceParams, load_params, random_params, save_params
 
 
@@ -25,7 +25,7 @@ def test_obj_and_ply_round_trip(tmp_path, model):
     save_mesh(tmp_path / "a.ply", verts, model.faces, colours=colours)
     for name in ("a.obj", "a.ply"):
         m = load_mesh(tmp_path / name)
-        assert np.abs(m.verts - verts.numpy()).max() < 1e-4  # mm
+        assert np.abs(m.vertices - verts.numpy()).max() < 1e-4  # mm
         assert (m.faces == model.faces.numpy()).all()
     obj = load_mesh(tmp_path / "a.obj")
     assert np.abs(obj.verts_uvs - model.verts_uvs.numpy()).max() < 1e-5
@@ -83,7 +83,7 @@ def test_cli_export_random(tmp_path, model, capsys):
     # landmarks sit on mesh vertices (trimesh splits UV seams, so match by position)
     dist = np.linalg.norm(mesh.vertices[None] - lm[:, None], axis=-1).min(1)
     assert dist.max() < 1e-3
-    assert np.abs(load_mesh(out).verts[model.landmarks.numpy()] - lm).max() < 1e-3
+    assert np.abs(load_mesh(out).vertices[model.landmarks.numpy()] - lm).max() < 1e-3
 
 
 def test_cli_export_params_ply_with_colours(tmp_path, model):
@@ -92,5 +92,5 @@ def test_cli_export_params_ply_with_colours(tmp_path, model):
     assert main(["export", "--params", str(tmp_path / "p.json"), "--out", str(tmp_path / "p.ply")]) == 0
     m = load_mesh(tmp_path / "p.ply")
     ref = model.decode(torch.full((1, 10), 0.5), torch.tensor([[0.0, 1.0]]))[0].numpy()
-    assert np.abs(m.verts - ref).max() < 1e-4
+    assert np.abs(m.vertices - ref).max() < 1e-4
     assert np.abs(m.colours - colours).max() < 1 / 255

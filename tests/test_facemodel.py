@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mvf.errors import MvfError
-from mvf.face.model import (DEFAULT_ASSET, FaceModel, build_ict_asset, find_ict_source, load_bfm09,
-                           read_obj_vertices)
+from mvf.face.model import DEFAULT_ASSET, FaceModel, build_ict_asset, find_ict_source, load_bfm09
+from mvf.io.obj import read_vertices
 
 ICT = find_ict_source(None)
 
@@ -74,7 +74,7 @@ def test_decode_batched_differentiable_and_truncated(model):
 def test_landmarks_match_source(model):
     """The asset's landmark vertices sit on the source mesh's landmark vertices."""
     ids = json.loads((ICT / "vertex_indices.json").read_text())["idx_to_landmark_verts"]
-    neutral_obj = read_obj_vertices(ICT / "generic_neutral_mesh.obj")
+    neutral_obj = read_vertices(ICT / "generic_neutral_mesh.obj")
     assert model.landmarks.tolist() == ids
     got = model.mean[model.landmarks].double().numpy()
     assert np.abs(got - 10.0 * neutral_obj[ids]).max() < 1e-3

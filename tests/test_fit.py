@@ -250,12 +250,12 @@ def test_mvf_fit_on_the_real_triplet(tmp_path, capsys):
     photo = read_image(TRIPLET / "front.jpg")
     overlay = read_image(out / "overlay_front.png")
     assert overlay.shape == (photo.shape[0], 3 * photo.shape[1], 3)
-    from mvf.io.meshio import load_mesh
+    from mvf.io import load_mesh
 
     mesh = load_mesh(out / "mesh.obj")
-    assert mesh.verts.shape == (9409, 3) and mesh.verts_uvs is not None
+    assert mesh.vertices.shape == (9409, 3) and mesh.verts_uvs is not None
     ply = load_mesh(out / "mesh.ply")
-    assert ply.colours is not None and np.allclose(ply.verts, mesh.verts, atol=1e-4)
+    assert ply.colours is not None and np.allclose(ply.vertices, mesh.vertices, atol=1e-4)
     timing = json.loads((out / "timing.json").read_text())
     assert {"detect_crop", "fit_landmarks", "texture", "export", "overlays"} <= set(timing)
 

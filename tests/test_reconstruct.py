@@ -32,7 +32,7 @@ def mean_checkpoint(tiny_synth, tmp_path_factory):
 
 
 def test_reconstruct_end_to_end(tiny_synth, smoke_checkpoint, tmp_path):
-    from mvf.io.meshio import load_mesh
+    from mvf.io import load_mesh
     from mvf.face.params import load_params
     from mvf.recon.pipeline import load_model
 
@@ -47,8 +47,8 @@ def test_reconstruct_end_to_end(tiny_synth, smoke_checkpoint, tmp_path):
     verts = params.decode(face).numpy()
     for name in ("mesh.obj", "mesh.ply"):
         mesh = load_mesh(out / name)
-        assert mesh.verts.shape == (face.n_verts, 3) and np.array_equal(mesh.faces, face.faces.numpy())
-        assert np.allclose(mesh.verts, verts, atol=1e-3)
+        assert mesh.vertices.shape == (face.n_verts, 3) and np.array_equal(mesh.faces, face.faces.numpy())
+        assert np.allclose(mesh.vertices, verts, atol=1e-3)
     model = load_model(smoke_checkpoint)
     images = torch.stack([torch.from_numpy(read_image(subject / f"{v}.png")) for v in ("front", "left", "right")])
     with torch.no_grad():

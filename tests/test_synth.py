@@ -50,7 +50,7 @@ def _decode(model, labels):
 
 
 def test_index_files_and_label_shapes(dataset, model):
-    from mvf.io.meshio import load_mesh
+    from mvf.io import load_mesh
 
     index = read_index(dataset)
     assert index["format_version"] == FORMAT_VERSION and index["seed"] == 11 and index["size"] == SIZE
@@ -69,7 +69,7 @@ def test_index_files_and_label_shapes(dataset, model):
         assert ((labels["exp"] >= 0) & (labels["exp"] <= 1)).all()
         assert ((labels["colours"] >= 0) & (labels["colours"] <= 1)).all()
         mesh = load_mesh(dataset / name / "mesh.ply")
-        assert np.allclose(mesh.verts, _decode(model, labels).numpy(), atol=1e-3)
+        assert np.allclose(mesh.vertices, _decode(model, labels).numpy(), atol=1e-3)
         assert (mesh.faces == model.faces.numpy()).all()
         assert np.abs(mesh.colours - labels["colours"]).max() <= 0.5 / 255 + 1e-6
 

@@ -8,7 +8,7 @@ import torch
 from renderer.camera import make_pose
 from mvf.face.model import FaceModel
 from mvf.face.mesh import fill_vertex_holes, vertex_normals
-from mvf.io.meshio import load_mesh, save_mesh
+from mvf.io import load_mesh, save_mesh
 from mvf.recon.texture import TextureConfig, push_pull_fill, uv_texture, vertex_colours
 from renderer import Lights, render
 
@@ -76,7 +76,7 @@ def test_uv_texture_recovers_albedo(scene, tmp_path):
     save_mesh(tmp_path / "face.obj", verts, model.faces, verts_uvs=model.verts_uvs,
               faces_uvs=model.faces_uvs, texture=tex.numpy())
     back = load_mesh(tmp_path / "face.obj")
-    assert np.abs(back.verts - verts.numpy()).max() < 1e-4
+    assert np.abs(back.vertices - verts.numpy()).max() < 1e-4
     from pytorch3d.io import load_obj
 
     _, _, aux = load_obj(tmp_path / "face.obj")
@@ -116,22 +116,21 @@ def test_exposure_matching_removes_per_view_gains(scene):
 
 
 def test_fast_exporters_round_trip(scene, tmp_path):
-    """`save_textured_obj` and `save_coloured_ply` read back through PyTorch3D and trimesh."""
+    """`save_mesh` (textured OBJ, coloured PLY) reads back through PyTorch3D and trimesh."""
     from pytorch3d.io import load_obj
-
-    from mvf.recon.texture import save_coloured_ply, save_textured_obj
 
     model, verts, albedo, *_ = scene
     tex = torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(0))
-    written = save_textured_obj(tmp_path / "face.obj", verts, model.faces, model.verts_uvs, model.faces_uvs, tex)
+    written = save_mesh(tmp_path / "face.obj", verts, model.faces, verts_uvs=model.verts_uvs, faces_uvs=model.faces_uvs,
+                        texture=tex)
     assert [p.name for p in written] == ["face.obj", "face.mtl", "face.png"]
     v, f, aux = load_obj(tmp_path / "face.obj")
     assert (v - verts).abs().max() < 1e-4 and torch.equal(f.verts_idx, model.faces)
     assert (aux.verts_uvs - model.verts_uvs).abs().max() < 1e-6 and torch.equal(f.textures_idx, model.faces_uvs)
     assert (next(iter(aux.texture_images.values())) - tex).abs().max() <= 0.5 / 255 + 1e-6
-    save_coloured_ply(tmp_path / "face.ply", verts, model.faces, albedo)
+    save_mesh(tmp_path / "face.ply", verts, model.faces, colours=albedo)
     back = load_mesh(tmp_path / "face.ply")
-    assert np.abs(back.verts - verts.numpy()).max() < 1e-4 and np.array_equal(back.faces, model.faces.numpy())
+    assert np.abs(back.vertices - verts.numpy()).max() < 1e-4 and np.array_equal(back.faces, model.faces.numpy())
     assert np.abs(back.colours - albedo.numpy()).max() <= 0.5 / 255 + 1e-6
 
 
@@ -142,12 +141,10 @@ def test_turntable_renders_a_textured_obj(scene, tmp_path):
     from pathlib import Path
 
     from mvf.fileio import read_image
-    from mvf.recon.texture import save_textured_obj
-
     model, verts, *_ = scene
     red = torch.zeros(32, 32, 3)
     red[..., 0] = 1.0
-    save_textured_obj(tmp_path / "face.obj", verts, model.faces, model.verts_uvs, model.faces_uvs, red)
+    save_mesh(tmp_path / "face.obj", verts, model.faces, verts_uvs=model.verts_uvs, faces_uvs=model.faces_uvs, texture=red)
     spec = importlib.util.spec_from_file_location(
         "turntable", Path(__file__).resolve().parents[1] / "tools" / "turntable.py")
     turntable = importlib.util.module_from_spec(spec)

@@ -26,7 +26,7 @@ from mvf.evaluation.micc import (  # noqa: E402
 )
 from mvf.face.model import FaceModel  # noqa: E402
 from mvf.fileio import write_json  # noqa: E402
-from mvf.io.meshread import MeshData  # noqa: E402
+from mvf.io import Mesh  # noqa: E402
 
 
 def cases():
@@ -34,14 +34,14 @@ def cases():
 
     m = FaceModel.load()
     v, f, lmk = m.mean.double().numpy(), m.faces.numpy(), m.landmarks.numpy()
-    mesh = MeshData(v, f)
+    mesh = Mesh(v, f)
     true = Similarity(1.08, rotation_from_euler_deg(-12, 23, 6), np.array([30.0, -20.0, 100.0]))
-    moved = MeshData(true.inverse().apply(v), f)
+    moved = Mesh(true.inverse().apply(v), f)
     normals = np.asarray(trimesh.Trimesh(v, f, process=False).vertex_normals)
     noise = np.random.default_rng(1).normal(0, 0.5, len(v))
-    noisy = MeshData(v + noise[:, None] * normals, f)
+    noisy = Mesh(v + noise[:, None] * normals, f)
     sv, sf = trimesh.remesh.subdivide(v, f)
-    dense = MeshData(np.asarray(sv), np.asarray(sf))
+    dense = Mesh(np.asarray(sv), np.asarray(sf))
     return [
         ("identical", lambda: evaluate_meshes(mesh, mesh)),
         ("similarity", lambda: evaluate_meshes(moved, mesh)),

@@ -32,7 +32,7 @@ from mvf.fileio import write_image  # noqa: E402
 from mvf.data.caps import HoleCaps  # noqa: E402
 from mvf.face.mesh import vertex_normals  # noqa: E402
 from mvf.face.model import FaceModel  # noqa: E402
-from mvf.io.meshio import load_mesh  # noqa: E402
+from mvf.io import load_mesh  # noqa: E402
 
 
 @dataclass
@@ -74,7 +74,7 @@ def load_for_render(path: Path, caps: bool = True, frame: str = "face") -> Rende
         colours = torch.full_like(verts, 0.75)
     else:
         mesh = load_mesh(path)
-        verts, faces = torch.from_numpy(mesh.verts).float(), torch.from_numpy(mesh.faces).long()
+        verts, faces = torch.from_numpy(mesh.vertices).float(), torch.from_numpy(mesh.faces).long()
         colours = torch.full_like(verts, 0.75) if mesh.colours is None else torch.from_numpy(mesh.colours).float()
     centre = 0.5 * (verts.min(0).values + verts.max(0).values)
     radius = float((verts - centre).norm(dim=-1).max())

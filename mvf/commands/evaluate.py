@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from mvf.errors import MvfError
     from mvf.evaluation.micc import evaluate_meshes, format_table, read_landmarks_3d
     from mvf.fileio import atomic_path, write_json
-    from mvf.io.meshread import read_mesh
+    from mvf.io import load_mesh
 
     if args.crop_radius <= 0:
         raise MvfError(f"--crop-radius {args.crop_radius:g}: must be positive")
@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
         raise MvfError(f"--icp-iters {args.icp_iters}: must be at least 1")
     if args.aligned_out and not args.aligned_out.lower().endswith((".ply", ".obj")):
         raise MvfError(f"{args.aligned_out}: --aligned-out must end in .ply or .obj")
-    pred = read_mesh(args.pred)
-    gt = read_mesh(args.gt)
+    pred = load_mesh(args.pred)
+    gt = load_mesh(args.gt)
     pred_lm = read_landmarks_3d(args.pred_landmarks, pred.vertices) if args.pred_landmarks else None
     gt_lm = read_landmarks_3d(args.gt_landmarks, gt.vertices) if args.gt_landmarks else None
     res = evaluate_meshes(pred, gt, pred_lm, gt_lm, crop_radius=args.crop_radius,

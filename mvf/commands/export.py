@@ -28,11 +28,11 @@ def run(args: argparse.Namespace) -> int:
 
     from mvf.face.model import FaceModel
     from mvf.fileio import atomic_path, read_image
-    from mvf.io.meshio import check_mesh_suffix, save_mesh
+    from mvf.io import check_mesh_suffix, save_mesh
     from mvf.face.params import load_params, random_params
 
     out = Path(args.out)
-    suffix = check_mesh_suffix(out)
+    suffix = check_mesh_suffix(out, write=True)
     model = FaceModel.load(args.model)
     params = load_params(args.params, model) if args.params else random_params(model, args.seed)
     verts = params.decode(model)

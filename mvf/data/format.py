@@ -23,6 +23,7 @@ import numpy as np
 
 from mvf.errors import MvfError, file_error
 from mvf.fileio import write_bytes, write_json
+from mvf.io.ply import ply_bytes
 from renderer.views import VIEWS
 
 FORMAT_VERSION = 1
@@ -139,26 +140,6 @@ def is_synth_dataset(root: str | os.PathLike) -> bool:
     return (Path(root) / INDEX_NAME).is_file()
 
 
-def ply_bytes(verts: np.ndarray, faces: np.ndarray, colours: np.ndarray) -> bytes:
-    """Binary little-endian PLY: float32 xyz (mm), uchar rgb per vertex, int32 triangles."""
-    verts = np.asarray(verts, np.float32)
-    faces = np.asarray(faces, np.int32)
-    rgb = (np.clip(np.asarray(colours, np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    header = (
-        "ply\nformat binary_little_endian 1.0\ncomment mvf synthetic ground truth, mm\n"
-        f"element vertex {len(verts)}\nproperty float x\nproperty float y\nproperty float z\n"
-        "property uchar red\nproperty uchar green\nproperty uchar blue\n"
-        f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n"
-    ).encode()
-    vdt = np.dtype([("p", "<f4", 3), ("c", "u1", 3)])
-    vrec = np.empty(len(verts), vdt)
-    vrec["p"], vrec["c"] = verts, rgb
-    fdt = np.dtype([("n", "u1"), ("i", "<i4", 3)])
-    frec = np.empty(len(faces), fdt)
-    frec["n"], frec["i"] = 3, faces
-    return header + vrec.tobytes() + frec.tobytes()
-
-
 def png_bytes(image: np.ndarray, compress_level: int = 1) -> bytes:
     """PNG bytes of an ``(H, W, 3)`` uint8 image (deterministic for given pixels)."""
     from PIL import Image
@@ -176,7 +157,7 @@ def write_subject(subject_dir: str | os.PathLike, images: np.ndarray, verts: np.
     check_labels(labels, d / LABELS_NAME)
     for view, img in zip(VIEWS, images):
         write_bytes(d / f"{view}.png", png_bytes(img, compress_level))
-    write_bytes(d / MESH_NAME, ply_bytes(verts, faces, labels["colours"]))
+    write_bytes(d / MESH_NAME, ply_bytes(verts, faces, labels["colours"], comment="mvf synthetic ground truth, mm"))
     write_bytes(d / LABELS_NAME, encode_labels(labels))
 
 

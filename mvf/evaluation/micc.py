@@ -35,7 +35,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from mvf.errors import MvfError, file_error
-from mvf.io.meshread import MeshData
+from mvf.io import Mesh
 
 CROP_RADIUS_MM = 95.0
 IBUG_NOSE_TIP = 30
@@ -329,7 +329,7 @@ def _plane_step(y: np.ndarray, n: np.ndarray, g: np.ndarray, scale: bool,
     return Similarity(sc, rot, c + x[3:6] - sc * rot @ c)
 
 
-def scaled_icp(pred: MeshData, gt_pts: np.ndarray, init: Similarity, scale: bool = True,
+def scaled_icp(pred: Mesh, gt_pts: np.ndarray, init: Similarity, scale: bool = True,
                iters: int = 50, tol_mm: float = 1e-3, rms_tol: float = 1e-4, method: str = "plane",
                trim: float = 3.0,
                min_trim_mm: float = 2.0, max_points: int = 20000, seed: int = 0) -> IcpResult:
@@ -473,7 +473,7 @@ class EvalResult:
         }
 
 
-def evaluate_meshes(pred: MeshData, gt: MeshData, pred_landmarks: np.ndarray | None = None,
+def evaluate_meshes(pred: Mesh, gt: Mesh, pred_landmarks: np.ndarray | None = None,
                     gt_landmarks: np.ndarray | None = None, crop_radius: float = CROP_RADIUS_MM,
                     pred_nose_index: int | None = None, gt_nose_index: int | None = None,
                     scale: bool = True, icp_iters: int = 50, tol_mm: float = 1e-3,

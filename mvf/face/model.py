@@ -26,14 +26,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mvf.errors import MvfError, file_error
+from mvf.io.obj import read_polygons, read_vertices, triangulate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ASSET = REPO_ROOT / "assets" / "face_model.npz"
@@ -79,66 +78,6 @@ def find_ict_source(explicit: str | os.PathLike | None = None) -> Path:
     )
 
 
-# ----------------------------------------------------------------------------- OBJ parsing
-@dataclass
-class ObjPolygons:
-    """Polygons of an OBJ file: vertex and UV indices per corner (0-based), ragged."""
-
-    verts: np.ndarray  # (N, 3)
-    uvs: np.ndarray  # (T, 2)
-    poly_v: list[list[int]]
-    poly_vt: list[list[int]]
-
-
-def read_obj_vertices(path: Path) -> np.ndarray:
-    """Vertex positions ``(N, 3)`` of an OBJ file (fast path: only ``v`` lines)."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise file_error(path, f"cannot read ({e.strerror})") from None
-    lines = re.findall(r"^v\s+(\S+)\s+(\S+)\s+(\S+)", text, flags=re.M)
-    if not lines:
-        raise file_error(path, "no vertices in this OBJ file")
-    return np.asarray(lines, dtype=np.float64)
-
-
-def read_obj_polygons(path: Path) -> ObjPolygons:
-    """Vertices, UVs and polygons (with per-corner UV ids) of an OBJ file."""
-    verts, uvs, poly_v, poly_vt = [], [], [], []
-    try:
-        fh = open(path)
-    except OSError as e:
-        raise file_error(path, f"cannot read ({e.strerror})") from None
-    with fh:
-        for line in fh:
-            if line.startswith("v "):
-                verts.append(line.split()[1:4])
-            elif line.startswith("vt "):
-                uvs.append(line.split()[1:3])
-            elif line.startswith("f "):
-                vs, vts = [], []
-                for corner in line.split()[1:]:
-                    parts = corner.split("/")
-                    vs.append(int(parts[0]) - 1)
-                    vts.append(int(parts[1]) - 1 if len(parts) > 1 and parts[1] else -1)
-                poly_v.append(vs)
-                poly_vt.append(vts)
-    if not verts or not poly_v:
-        raise file_error(path, "not a mesh OBJ (no vertices or faces)")
-    return ObjPolygons(np.asarray(verts, np.float64), np.asarray(uvs, np.float64).reshape(-1, 2),
-                       poly_v, poly_vt)
-
-
-def triangulate(poly_v: list[list[int]], poly_vt: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Fan-triangulate polygons: ``(F, 3)`` vertex ids and ``(F, 3)`` UV ids."""
-    tri_v, tri_vt = [], []
-    for vs, vts in zip(poly_v, poly_vt):
-        for k in range(1, len(vs) - 1):
-            tri_v.append((vs[0], vs[k], vs[k + 1]))
-            tri_vt.append((vts[0], vts[k], vts[k + 1]))
-    return np.asarray(tri_v, np.int64), np.asarray(tri_vt, np.int64)
-
-
 # ----------------------------------------------------------------------------- asset building
 def _load_ict_arrays(src: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
     """Neutral (N,3), identity (100,N,3), expression (53,N,3) offsets in cm, plus names."""
@@ -154,18 +93,18 @@ def _load_ict_arrays(src: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, lis
         except Exception as e:  # corrupt or foreign npz
             raise file_error(src / "shapes.npz", f"not a readable ICT shapes archive ({e})") from None
     else:  # raw FaceXModel folder of OBJ files
-        neutral = read_obj_vertices(src / "generic_neutral_mesh.obj")
+        neutral = read_vertices(src / "generic_neutral_mesh.obj")
         id_files = sorted(src.glob("identity[0-9][0-9][0-9].obj"))
         if not id_files:
             raise file_error(src, "no identityNNN.obj files in this ICT-FaceKit folder")
         id_names = [p.stem for p in id_files]
-        identity = np.stack([read_obj_vertices(p) - neutral for p in id_files])
+        identity = np.stack([read_vertices(p) - neutral for p in id_files])
         all_exp = {}
         for name in exp_names:
             p = src / f"{name}.obj"
             if not p.is_file():
                 raise file_error(p, "expression shape missing from the ICT-FaceKit folder")
-            all_exp[name] = read_obj_vertices(p) - neutral
+            all_exp[name] = read_vertices(p) - neutral
     missing = [n for n in exp_names if n not in all_exp]
     if missing:
         raise file_error(src, f"expressions missing: {missing[:3]}")
@@ -194,7 +133,7 @@ def build_ict_asset(src: Path, out: Path, region: str = "face") -> dict:
         raise MvfError(f"--region {region}: unknown region (choose from {sorted(ICT_REGIONS)})")
     last_v = ICT_REGIONS[region]["last_vertex"]
     last_p = ICT_REGIONS[region]["last_polygon"]
-    obj = read_obj_polygons(src / "generic_neutral_mesh.obj")
+    obj = read_polygons(src / "generic_neutral_mesh.obj")
     neutral, identity, expression, id_names, exp_names = _load_ict_arrays(src)
     if neutral.shape[0] != obj.verts.shape[0]:
         raise file_error(src, "shapes and generic_neutral_mesh.obj disagree on the vertex count")

@@ -21,9 +21,9 @@ from PIL import Image
 from mvf.face.mesh import vertex_normals
 from mvf.face.params import FaceParams, save_params
 from mvf.fileio import write_image, write_json
+from mvf.io import save_mesh
 from mvf.recon.fit import scale_poses
 from mvf.recon.pipeline import Reconstruction
-from mvf.recon.texture import save_coloured_ply, save_textured_obj
 from renderer.pictures import overlay_sheet
 
 OVERLAY_MAX_SIDE = 1024  # overlays of larger photos are drawn at this size (longer side, px)
@@ -84,9 +84,9 @@ def write_outputs(rec: Reconstruction, out_dir: str | Path, backend: str = "auto
     t = time.perf_counter()
     written: list[Path] = []
     if rec.texture.texture is not None:
-        written += save_textured_obj(out / "mesh.obj", rec.verts, face.faces, face.verts_uvs, face.faces_uvs,
-                                     rec.texture.texture)
-    written += save_coloured_ply(out / "mesh.ply", rec.verts, face.faces, rec.texture.colours)
+        written += save_mesh(out / "mesh.obj", rec.verts, face.faces, verts_uvs=face.verts_uvs,
+                             faces_uvs=face.faces_uvs, texture=rec.texture.texture)
+    written += save_mesh(out / "mesh.ply", rec.verts, face.faces, colours=rec.texture.colours)
     save_params(out / "params.json", params_json(rec))
     written.append(out / "params.json")
     timing["export"] = time.perf_counter() - t

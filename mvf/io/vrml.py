@@ -1,21 +1,15 @@
-"""Read triangle meshes for evaluation: OBJ/PLY/OFF/STL (trimesh) and VRML ``.wrl`` (own reader).
+"""VRML ``.wrl`` reader (VRML97 / 2.0, and the VRML 1.0 subset scanners write); no writer.
 
-Every reader returns a `MeshData` with ``vertices (N, 3) float64`` in the file's units (mm for
-mvf and MICC Florence scans) and ``faces (F, 3) int64`` (possibly ``(0, 3)`` for point clouds).
-Vertex order is the file's order, so vertex indices (e.g. landmark ids) stay valid.
-
-The VRML reader (VRML97 / 2.0, and the VRML 1.0 subset scanners write) parses the whole scene
-graph: every ``IndexedFaceSet`` (``coord Coordinate { point [...] }``, ``coordIndex [...]``
-with ``-1`` ending each polygon) is collected, ``DEF``/``USE`` shared nodes are resolved,
-``Transform`` nodes (translation, rotation, scale, scaleOrientation, center) are applied,
-polygons are fan-triangulated and ``ccw FALSE`` faces are flipped. In VRML 1.0 an
+The whole scene graph is parsed: every ``IndexedFaceSet`` (``coord Coordinate { point [...] }``,
+``coordIndex [...]`` with ``-1`` ending each polygon) is collected, ``DEF``/``USE`` shared nodes
+are resolved, ``Transform`` nodes (translation, rotation, scale, scaleOrientation, center) are
+applied, polygons are fan-triangulated and ``ccw FALSE`` faces are flipped. In VRML 1.0 an
 ``IndexedFaceSet`` uses the most recent ``Coordinate3`` (1.0 transforms are not applied).
 Comments (``#`` outside strings), commas, ``PROTO``/``EXTERNPROTO`` and ``ROUTE`` are handled.
 """
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,54 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from mvf.errors import file_error
+from mvf.io.mesh import Mesh
 
-TRIMESH_SUFFIXES = (".obj", ".ply", ".off", ".stl")
-VRML_SUFFIXES = (".wrl", ".vrml")
-MESH_SUFFIXES = TRIMESH_SUFFIXES + VRML_SUFFIXES
-
-
-@dataclass
-class MeshData:
-    """A triangle mesh: ``vertices (N, 3)`` float64, ``faces (F, 3)`` int64 (0-based)."""
-
-    vertices: np.ndarray
-    faces: np.ndarray
-
-
-def read_mesh(path: str | os.PathLike) -> MeshData:
-    """Read a mesh by suffix; `MvfError` naming the file if it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise file_error(path, "mesh file not found")
-    suffix = path.suffix.lower()
-    if suffix in VRML_SUFFIXES:
-        mesh = read_vrml(path)
-    elif suffix in TRIMESH_SUFFIXES:
-        mesh = _read_trimesh(path)
-    else:
-        raise file_error(path, f"unsupported mesh type '{path.suffix}' (use {', '.join(MESH_SUFFIXES)})")
-    if len(mesh.vertices) == 0:
-        raise file_error(path, "the mesh has no vertices")
-    if not np.isfinite(mesh.vertices).all():
-        raise file_error(path, "the mesh has NaN or infinite vertex coordinates")
-    return mesh
-
-
-def _read_trimesh(path: Path) -> MeshData:
-    import trimesh
-
-    try:
-        loaded = trimesh.load(str(path), process=False, maintain_order=True)
-    except Exception as e:
-        raise file_error(path, f"unreadable {path.suffix} mesh ({type(e).__name__})") from None
-    if isinstance(loaded, trimesh.Scene):
-        geoms = list(loaded.dump()) if loaded.geometry else []
-        if not geoms:
-            raise file_error(path, "no geometry in the file")
-        loaded = trimesh.util.concatenate(geoms)
-    verts = np.asarray(getattr(loaded, "vertices", np.zeros((0, 3))), dtype=np.float64).reshape(-1, 3)
-    faces = np.asarray(getattr(loaded, "faces", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
-    return MeshData(verts, faces)
+SUFFIXES = (".wrl", ".vrml")
 
 
 # ----------------------------------------------------------------------------- VRML
@@ -339,7 +288,7 @@ def _face_set_triangles(node: _Node, fallback_coord) -> tuple[np.ndarray, np.nda
     return pts, faces
 
 
-def read_vrml(path: str | os.PathLike) -> MeshData:
+def read(path: Path) -> Mesh:
     """Read every IndexedFaceSet of a VRML file into one triangle mesh (see module docstring)."""
     path = Path(path)
     try:
@@ -368,4 +317,4 @@ def read_vrml(path: str | os.PathLike) -> MeshData:
         raise file_error(path, f"unreadable VRML ({e})") from None
     except (IndexError, ValueError, TypeError) as e:
         raise file_error(path, f"unreadable VRML ({type(e).__name__})") from None
-    return MeshData(np.concatenate(verts), np.concatenate(faces).astype(np.int64))
+    return Mesh(np.concatenate(verts), np.concatenate(faces).astype(np.int64))
