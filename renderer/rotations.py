@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -33,3 +34,13 @@ def matrix_to_euler(rot: torch.Tensor) -> torch.Tensor:
     alpha = torch.atan2(rot[..., 2, 1], rot[..., 2, 2])
     gamma = torch.atan2(rot[..., 1, 0], rot[..., 0, 0])
     return torch.stack([alpha, beta, gamma], -1)
+
+
+def euler_deg_to_matrix_np(angles_deg) -> np.ndarray:
+    """numpy `euler_to_matrix`: ``(..., 3)`` (pitch, yaw, roll) degrees -> ``(..., 3, 3)`` float64."""
+    return euler_to_matrix(torch.from_numpy(np.radians(np.asarray(angles_deg, np.float64)))).numpy()
+
+
+def matrix_to_euler_deg_np(rot: np.ndarray) -> np.ndarray:
+    """numpy `matrix_to_euler`: ``(..., 3, 3)`` -> ``(..., 3)`` (pitch, yaw, roll) degrees, float64."""
+    return np.degrees(matrix_to_euler(torch.from_numpy(np.asarray(rot, np.float64))).numpy())

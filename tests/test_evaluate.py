@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,11 +10,10 @@ import torch
 import trimesh
 
 from mvf.errors import MvfError
-from mvf.evaluation.micc import (
-    Similarity, SurfaceQuery, closest_points_on_triangles, evaluate_meshes, read_landmarks_3d,
-    rotation_from_euler_deg, scaled_icp, umeyama,
-)
+from mvf.align import Similarity, umeyama
+from mvf.evaluation.micc import SurfaceQuery, evaluate_meshes, read_landmarks_3d, scaled_icp
 from mvf.io import Mesh, load_mesh
+from renderer.rotations import euler_deg_to_matrix_np as rotation_from_euler_deg
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def _max_sag(mesh: Mesh, radius: float) -> float:
 def test_umeyama_recovers_a_similarity():
     rng = np.random.default_rng(0)
     src = rng.normal(size=(40, 3)) * 30
-    true = Similarity(1.3, rotation_from_euler_deg(20, -70, 130), np.array([5.0, -3.0, 40.0]))
+    true = Similarity(1.3, rotation_from_euler_deg([20, -70, 130]), np.array([5.0, -3.0, 40.0]))
     est = umeyama(src, true.apply(src))
     assert est.s == pytest.approx(1.3)
     np.testing.assert_allclose(est.R, true.R, atol=1e-12)
@@ -62,15 +62,15 @@ def test_point_triangle_distance_matches_pytorch3d_and_brute_force():
     v[:10] += np.random.default_rng(1).normal(0, 3, (10, 3))
     rng = np.random.default_rng(2)
     q = np.r_[v[rng.integers(0, len(v), 300)] + rng.normal(0, 2, (300, 3)), rng.uniform(-45, 45, (300, 3))]
-    d, cp, f, bary = SurfaceQuery(v, mesh.faces).query(q, chunk=128)
+    d, cp, f, bary = SurfaceQuery(v, mesh.faces).query(q)
     # reference 1: PyTorch3D's exact squared point-to-triangle distance (float32)
     ref = point_face_distance(torch.tensor(q, dtype=torch.float32), torch.tensor([0]),
                               torch.tensor(v[mesh.faces], dtype=torch.float32), torch.tensor([0]), len(q))
     np.testing.assert_allclose(d, ref.double().sqrt().numpy(), atol=2e-4)
-    # reference 2: every query against every triangle with the vectorised kernel
+    # reference 2: every query against every triangle (trimesh's point-triangle kernel, float64)
     qq = np.repeat(q, len(mesh.faces), 0)
     tri = np.tile(v[mesh.faces], (len(q), 1, 1))
-    p_all, _ = closest_points_on_triangles(qq, tri[:, 0], tri[:, 1], tri[:, 2])
+    p_all = trimesh.triangles.closest_point(tri, qq)
     brute = np.linalg.norm(qq - p_all, axis=1).reshape(len(q), -1).min(1)
     np.testing.assert_allclose(d, brute, atol=1e-9)
     # closest points lie on their triangle, with valid barycentrics
@@ -104,7 +104,7 @@ def test_identical_meshes_give_zero(face):
 
 def test_known_similarity_is_recovered_from_the_nose_tip(face):
     mesh, _ = face
-    true = Similarity(1.08, rotation_from_euler_deg(-12, 23, 6), np.array([30.0, -20.0, 100.0]))
+    true = Similarity(1.08, rotation_from_euler_deg([-12, 23, 6]), np.array([30.0, -20.0, 100.0]))
     pred = Mesh(true.inverse().apply(mesh.vertices), mesh.faces)  # pred = gt moved away
     res = evaluate_meshes(pred, mesh)
     assert res.init.startswith("nose tip")
@@ -116,7 +116,7 @@ def test_known_similarity_is_recovered_from_the_nose_tip(face):
 def test_known_similarity_is_recovered_from_landmarks(face, tmp_path):
     mesh, lmk = face
     # a rotation far outside the coarse search range: only the landmarks can find it
-    true = Similarity(0.9, rotation_from_euler_deg(40, 100, -60), np.array([-5.0, 8.0, 3.0]))
+    true = Similarity(0.9, rotation_from_euler_deg([40, 100, -60]), np.array([-5.0, 8.0, 3.0]))
     pred = Mesh(true.inverse().apply(mesh.vertices), mesh.faces)
     np.save(tmp_path / "pred_lm.npy", lmk)  # vertex indices
     np.savetxt(tmp_path / "gt_lm.txt", mesh.vertices[lmk])  # coordinates
@@ -130,9 +130,9 @@ def test_known_similarity_is_recovered_from_landmarks(face, tmp_path):
 
 def test_icp_methods_from_a_perturbed_start(face):
     mesh, _ = face
-    true = Similarity(1.05, rotation_from_euler_deg(5, -10, 3), np.array([3.0, 4.0, 5.0]))
+    true = Similarity(1.05, rotation_from_euler_deg([5, -10, 3]), np.array([3.0, 4.0, 5.0]))
     pred = Mesh(true.inverse().apply(mesh.vertices), mesh.faces)
-    start = Similarity(1.05 * 1.01, rotation_from_euler_deg(2, 1, -2) @ true.R, true.t + [2.0, -1.0, 1.0])
+    start = Similarity(1.05 * 1.01, rotation_from_euler_deg([2, 1, -2]) @ true.R, true.t + [2.0, -1.0, 1.0])
     crop = mesh.vertices[np.linalg.norm(mesh.vertices - mesh.vertices[np.argmax(mesh.vertices[:, 2])], axis=1) <= 95]
     err0 = np.abs(start.apply(pred.vertices) - mesh.vertices).max()
     plane = scaled_icp(pred, crop, start, method="plane", iters=30, max_points=3000)
@@ -338,3 +338,30 @@ def test_cli_evaluate_writes_json(tmp_path, capsys):
     rc = main(["evaluate", "--pred", str(tmp_path / "missing.obj"), "--gt", str(tmp_path / "gt.wrl")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "missing.obj: mesh file not found" in err
+
+
+SCAN_LPS = Path(__file__).resolve().parents[2] / "shared" / "samples" / "scan-lps"
+
+
+def test_cli_mean_face_on_scan_lps_with_model_landmarks(tmp_path, capsys, face):
+    """Without --pred-landmarks a face-model mesh is scored with the model's 68 landmark vertices."""
+    from mvf.cli import main
+
+    if not (SCAN_LPS / "gt.ply").is_file():
+        pytest.skip("scan-lps sample not available")
+    (tmp_path / "z.json").write_text('{"id": [], "exp": []}')
+    assert main(["export", "--params", str(tmp_path / "z.json"), "--out", str(tmp_path / "mean.obj")]) == 0
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--pred", str(tmp_path / "mean.obj"), "--gt", str(SCAN_LPS / "gt.ply"),
+                 "--gt-landmarks", str(SCAN_LPS / "gt_landmarks.txt"), "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["init"] == "landmarks"
+    # README reference 1.834 mm; point-to-plane ICP stops within ~0.02 mm of it depending on ties
+    assert data["rmse_mm"] == pytest.approx(1.834, abs=0.03)
+    # a mesh that is not the face model's needs explicit landmarks
+    trimesh.creation.icosphere(2, 50.0).export(tmp_path / "ball.ply")
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(tmp_path / "ball.ply"), "--gt", str(SCAN_LPS / "gt.ply"),
+                 "--gt-landmarks", str(SCAN_LPS / "gt_landmarks.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "ball.ply" in err and "--pred-landmarks" in err

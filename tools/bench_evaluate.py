@@ -21,12 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mvf.evaluation.micc import (  # noqa: E402
-    Similarity, SurfaceQuery, evaluate_meshes, rotation_from_euler_deg,
-)
+from mvf.align import Similarity  # noqa: E402
+from mvf.evaluation.micc import SurfaceQuery, evaluate_meshes  # noqa: E402
 from mvf.face.model import FaceModel  # noqa: E402
 from mvf.fileio import write_json  # noqa: E402
 from mvf.io import Mesh  # noqa: E402
+from renderer.rotations import euler_deg_to_matrix_np  # noqa: E402
 
 
 def cases():
@@ -35,7 +35,7 @@ def cases():
     m = FaceModel.load()
     v, f, lmk = m.mean.double().numpy(), m.faces.numpy(), m.landmarks.numpy()
     mesh = Mesh(v, f)
-    true = Similarity(1.08, rotation_from_euler_deg(-12, 23, 6), np.array([30.0, -20.0, 100.0]))
+    true = Similarity(1.08, euler_deg_to_matrix_np([-12, 23, 6]), np.array([30.0, -20.0, 100.0]))
     moved = Mesh(true.inverse().apply(v), f)
     normals = np.asarray(trimesh.Trimesh(v, f, process=False).vertex_normals)
     noise = np.random.default_rng(1).normal(0, 0.5, len(v))

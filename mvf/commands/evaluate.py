@@ -14,7 +14,9 @@ def add_parser(sub) -> None:
                     ".csv/.xyz with (K, 3) coordinates or K vertex indices, or MeshLab .pp.")
     p.add_argument("--pred", required=True, metavar="MESH", help="predicted mesh (needs triangles)")
     p.add_argument("--gt", required=True, metavar="SCAN", help="ground-truth scan (e.g. MICC .wrl)")
-    p.add_argument("--pred-landmarks", metavar="FILE", help="3D landmarks of --pred")
+    p.add_argument("--pred-landmarks", metavar="FILE",
+                   help="3D landmarks of --pred (default with --gt-landmarks: the face model's 68 "
+                        "landmark vertices, when --pred has the model's vertex count)")
     p.add_argument("--gt-landmarks", metavar="FILE",
                    help="corresponding 3D landmarks of --gt (68 iBUG points: #30 is the nose tip)")
     p.add_argument("--pred-nose-index", type=int, metavar="I", help="nose-tip vertex of --pred")
@@ -27,25 +29,29 @@ def add_parser(sub) -> None:
     p.add_argument("--rigid", action="store_true", help="rigid ICP (no scale)")
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON")
     p.add_argument("--aligned-out", metavar="MESH", help="write the aligned prediction (.ply/.obj)")
+    p.add_argument("--model", metavar="NPZ", help="face model asset for the default --pred-landmarks "
+                                                  "(default assets/face_model.npz)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mvf.errors import MvfError
     from mvf.evaluation.micc import evaluate_meshes, format_table, read_landmarks_3d
-    from mvf.fileio import atomic_path, write_json
-    from mvf.io import load_mesh
+    from mvf.fileio import write_json
+    from mvf.io import check_mesh_suffix, load_mesh, save_mesh
 
     if args.crop_radius <= 0:
         raise MvfError(f"--crop-radius {args.crop_radius:g}: must be positive")
     if args.icp_iters < 1:
         raise MvfError(f"--icp-iters {args.icp_iters}: must be at least 1")
-    if args.aligned_out and not args.aligned_out.lower().endswith((".ply", ".obj")):
-        raise MvfError(f"{args.aligned_out}: --aligned-out must end in .ply or .obj")
+    if args.aligned_out:
+        check_mesh_suffix(args.aligned_out, write=True)
     pred = load_mesh(args.pred)
     gt = load_mesh(args.gt)
     pred_lm = read_landmarks_3d(args.pred_landmarks, pred.vertices) if args.pred_landmarks else None
     gt_lm = read_landmarks_3d(args.gt_landmarks, gt.vertices) if args.gt_landmarks else None
+    if gt_lm is not None and pred_lm is None:
+        pred_lm = model_landmarks(args.pred, pred.vertices, args.model)
     res = evaluate_meshes(pred, gt, pred_lm, gt_lm, crop_radius=args.crop_radius,
                           pred_nose_index=args.pred_nose_index, gt_nose_index=args.gt_nose_index,
                           scale=not args.rigid, icp_iters=args.icp_iters, icp_method=args.icp_method)
@@ -55,10 +61,22 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json, {"pred": str(args.pred), "gt": str(args.gt), **res.to_dict()})
         print(f"wrote {args.json}")
     if args.aligned_out:
-        import trimesh
-
-        mesh = trimesh.Trimesh(res.transform.apply(pred.vertices), pred.faces, process=False)
-        with atomic_path(args.aligned_out) as tmp:
-            mesh.export(tmp)
+        save_mesh(args.aligned_out, res.transform.apply(pred.vertices), pred.faces, colours=pred.colours,
+                  verts_uvs=pred.verts_uvs, faces_uvs=pred.faces_uvs)
         print(f"wrote {args.aligned_out}")
     return 0
+
+
+def model_landmarks(pred_path, vertices, model_path=None):
+    """The 68 landmarks ``(68, 3)`` of a prediction decoded from the face model (same vertex order).
+
+    `MvfError` when the prediction's vertex count is not the model's.
+    """
+    from mvf.errors import MvfError
+    from mvf.face.model import FaceModel
+
+    model = FaceModel.load(model_path)
+    if len(vertices) != model.n_verts:
+        raise MvfError(f"{pred_path}: {len(vertices)} vertices, not the face model's {model.n_verts}; "
+                       "give --pred-landmarks")
+    return vertices[model.landmarks.numpy()]

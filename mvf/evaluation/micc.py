@@ -19,163 +19,52 @@ Steps (`evaluate_meshes`):
    predicted vertex moves more than ``tol_mm`` (1e-3) or when the inlier RMS changes by less
    than 1e-4 (relative). ``scale=False`` makes it rigid.
 4. **Error**: for every cropped scan point, the distance to the closest point on the aligned
-   predicted triangles (scan -> prediction direction, exact point-to-triangle distances);
+   predicted triangles (scan -> prediction direction, exact point-to-triangle distances from
+   point-cloud-utils' ``closest_points_on_mesh``);
    RMSE, mean and median in the scan's units (mm).
 """
 from __future__ import annotations
 
-import itertools
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import point_cloud_utils as pcu
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
+from mvf.align import Similarity, umeyama
 from mvf.errors import MvfError, file_error
 from mvf.io import Mesh
+from renderer.rotations import euler_deg_to_matrix_np, matrix_to_euler_deg_np
 
 CROP_RADIUS_MM = 95.0
 IBUG_NOSE_TIP = 30
 
 
-# ----------------------------------------------------------------------------- similarity
-@dataclass
-class Similarity:
-    """``x -> s R x + t``. s: scale; R: ``(3, 3)`` rotation; t: ``(3,)``."""
-
-    s: float = 1.0
-    R: np.ndarray = field(default_factory=lambda: np.eye(3))
-    t: np.ndarray = field(default_factory=lambda: np.zeros(3))
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Transform ``(..., 3)`` points."""
-        return self.s * np.asarray(x) @ self.R.T + self.t
-
-    def compose(self, inner: "Similarity") -> "Similarity":
-        """``self o inner`` (apply ``inner`` first)."""
-        return Similarity(self.s * inner.s, self.R @ inner.R, self.s * self.R @ inner.t + self.t)
-
-    def inverse(self) -> "Similarity":
-        return Similarity(1.0 / self.s, self.R.T, -(self.R.T @ self.t) / self.s)
-
-    def to_dict(self) -> dict:
-        return {"scale": float(self.s), "rotation": self.R.tolist(), "translation": self.t.tolist()}
-
-
-def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> Similarity:
-    """Least-squares similarity mapping ``src (N, 3)`` onto ``dst (N, 3)`` (Umeyama 1991).
-
-    Raises `ValueError` when the points are degenerate (fewer than 3 or collinear).
-    """
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 3 or len(src) < 3:
-        raise ValueError("umeyama needs two (N >= 3, 3) point sets of the same shape")
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    var_s = (a * a).sum() / len(src)
-    cov = b.T @ a / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    if var_s <= 1e-24 or sig[1] <= 1e-12 * max(sig[0], 1e-300):
-        raise ValueError("degenerate (collinear or coincident) points")
-    d = np.ones(3)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[2] = -1.0
-    rot = u @ np.diag(d) @ vt
-    s = float((sig * d).sum() / var_s) if with_scale else 1.0
-    return Similarity(s, rot, mu_d - s * rot @ mu_s)
-
-
-def euler_deg(rot: np.ndarray) -> tuple[float, float, float]:
-    """(pitch, yaw, roll) degrees of ``R = Rz Ry Rx`` (docs/conventions.md)."""
-    beta = math.asin(max(-1.0, min(1.0, -rot[2, 0])))
-    alpha = math.atan2(rot[2, 1], rot[2, 2])
-    gamma = math.atan2(rot[1, 0], rot[0, 0])
-    return math.degrees(alpha), math.degrees(beta), math.degrees(gamma)
-
-
-def rotation_from_euler_deg(pitch: float, yaw: float, roll: float) -> np.ndarray:
-    """``Rz(roll) Ry(yaw) Rx(pitch)`` from degrees, ``(3, 3)``."""
-    a, b, g = (math.radians(v) for v in (pitch, yaw, roll))
-    rx = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-    ry = np.array([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
-    rz = np.array([[math.cos(g), -math.sin(g), 0], [math.sin(g), math.cos(g), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-# ----------------------------------------------------------------------------- point-to-triangle
-def closest_points_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray
-                                ) -> tuple[np.ndarray, np.ndarray]:
-    """Closest points of ``(M, 3)`` queries ``p`` on triangles ``(a, b, c)`` (each ``(M, 3)``).
-
-    Returns ``(points (M, 3), barycentric (M, 3))``: the projection onto the plane when it falls
-    inside the triangle, else the closest point of the three edges (robust for degenerate
-    triangles, which only use their edges).
-    """
-    ab, ac, ap = b - a, c - a, p - a
-    d00 = np.einsum("ij,ij->i", ab, ab)
-    d01 = np.einsum("ij,ij->i", ab, ac)
-    d11 = np.einsum("ij,ij->i", ac, ac)
-    d20 = np.einsum("ij,ij->i", ap, ab)
-    d21 = np.einsum("ij,ij->i", ap, ac)
-    den = d00 * d11 - d01 * d01
-    ok = den > 1e-12 * np.maximum(d00 * d11, 1e-300)
-    safe = np.where(ok, den, 1.0)
-    v = (d11 * d20 - d01 * d21) / safe
-    w = (d00 * d21 - d01 * d20) / safe
-    inside = ok & (v >= 0) & (w >= 0) & (v + w <= 1)
-
-    # Edges a->b, b->c, a->c, stacked: (3, M, 3).
-    starts = np.stack([a, b, a])
-    edges = np.stack([ab, c - b, ac])
-    ee = np.einsum("kij,kij->ki", edges, edges)
-    tt = np.einsum("kij,kij->ki", p[None] - starts, edges) / np.where(ee > 0, ee, 1.0)
-    np.clip(tt, 0.0, 1.0, out=tt)
-    diff = p[None] - starts - tt[..., None] * edges
-    k = np.argmin(np.einsum("kij,kij->ki", diff, diff), 0)
-    t_best = tt[k, np.arange(len(p))]
-    # barycentrics of the edge point: (a,b): (1-t, t, 0); (b,c): (0, 1-t, t); (a,c): (1-t, 0, t)
-    lo_col = np.array([0, 1, 0])[k]
-    hi_col = np.array([1, 2, 2])[k]
-    bary = np.zeros((len(p), 3))
-    rows = np.arange(len(p))
-    bary[rows, lo_col] = 1.0 - t_best
-    bary[rows, hi_col] = t_best
-    bary[inside] = np.stack([1 - v - w, v, w], -1)[inside]
-    pts = bary[:, :1] * a + bary[:, 1:2] * b + bary[:, 2:] * c
-    return pts, bary
-
-
+# ----------------------------------------------------------------------------- closest points
 class SurfaceQuery:
-    """Exact closest points on a triangle mesh, via a k-d tree of triangle centroids.
-
-    For a query ``q`` an upper bound ``u`` of its surface distance is the distance to its
-    nearest vertex; the true closest triangle ``T`` then satisfies
-    ``|q - centroid(T)| <= u + r_T`` (``r_T``: the largest centroid-to-corner distance of ``T``),
-    so every triangle passing that test is a candidate and the minimum over them is exact.
-    Triangles are bucketed by ``r_T`` (factors of 2), one centroid k-d tree per bucket.
-    """
+    """Exact closest points on a triangle mesh (point-cloud-utils, libigl's AABB tree) and the
+    mesh's open boundary (edges used by one triangle only)."""
 
     def __init__(self, vertices: np.ndarray, faces: np.ndarray, boundary: tuple | None = None):
-        self.vertices = np.asarray(vertices, np.float64)
-        self.faces = np.asarray(faces, np.int64)
+        self.vertices = np.ascontiguousarray(vertices, np.float64)
+        self.faces = np.ascontiguousarray(faces, np.int64)
         if self.faces.ndim != 2 or self.faces.shape[1] != 3 or len(self.faces) == 0:
             raise ValueError("SurfaceQuery needs a mesh with triangles")
-        tri = self.vertices[self.faces]
-        self.centroids = tri.mean(1)
-        self.radii = np.linalg.norm(tri - self.centroids[:, None], axis=-1).max(1)
-        # Buckets of triangles whose radii are within 2x of each other, one centroid tree each,
-        # so a few large triangles do not inflate every ball query.
-        level = np.floor(np.log2(np.maximum(self.radii, 1e-12) / max(float(self.radii.max()), 1e-12)))
-        self.buckets = []
-        for lv in np.unique(level):
-            ids = np.flatnonzero(level == lv)
-            self.buckets.append((ids, cKDTree(self.centroids[ids]), float(self.radii[ids].max())))
-        self.vertex_tree = cKDTree(self.vertices[np.unique(self.faces)])
         self._boundary = boundary
+
+    def query(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Closest surface points of ``(Q, 3)`` queries.
+
+        Returns ``(dist (Q,), closest (Q, 3), face (Q,), bary (Q, 3))``.
+        """
+        pts = np.ascontiguousarray(points, np.float64)
+        dist, face, bary = pcu.closest_points_on_mesh(pts, self.vertices, self.faces)
+        closest = np.einsum("qk,qkj->qj", bary, self.vertices[self.faces[face]])
+        return dist, closest, face, bary
 
     def _boundary_data(self) -> tuple[np.ndarray, np.ndarray]:
         """(boundary vertex mask (N,), sorted codes ``min * N + max`` of boundary edges)."""
@@ -194,51 +83,6 @@ class SurfaceQuery:
     def boundary_vertices(self) -> np.ndarray:
         """``(N,)`` bool: the vertex lies on an edge used by exactly one triangle."""
         return self._boundary_data()[0]
-
-    def query(self, points: np.ndarray, chunk: int = 4096
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Closest surface points of ``(Q, 3)`` queries.
-
-        Returns ``(dist (Q,), closest (Q, 3), face (Q,), bary (Q, 3))``.
-        """
-        pts = np.asarray(points, np.float64)
-        out_d = np.empty(len(pts))
-        out_p = np.empty((len(pts), 3))
-        out_f = np.empty(len(pts), np.int64)
-        out_b = np.empty((len(pts), 3))
-        for s in range(0, len(pts), chunk):
-            sl = slice(s, s + chunk)
-            d, p, f, b = self._query_chunk(pts[sl])
-            out_d[sl], out_p[sl], out_f[sl], out_b[sl] = d, p, f, b
-        return out_d, out_p, out_f, out_b
-
-    def _pairs_min(self, q: np.ndarray, qi: np.ndarray, fi: np.ndarray):
-        tri = self.vertices[self.faces[fi]]
-        cp, bary = closest_points_on_triangles(q[qi], tri[:, 0], tri[:, 1], tri[:, 2])
-        d2 = ((q[qi] - cp) ** 2).sum(-1)
-        # minimum per query: sort by (query, distance) and take the first of each query
-        order = np.lexsort((d2, qi))
-        first = np.r_[True, qi[order][1:] != qi[order][:-1]]
-        sel = order[first]
-        return qi[sel], np.sqrt(d2[sel]), cp[sel], fi[sel], bary[sel]
-
-    def _query_chunk(self, q: np.ndarray):
-        n = len(q)
-        # 1) upper bound: the distance to the nearest vertex used by a triangle
-        bound, _ = self.vertex_tree.query(q, k=1)
-        # 2) all triangles that can beat the bound, exactly
-        qis, fis = [], []
-        for ids, tree, rmax in self.buckets:
-            lists = tree.query_ball_point(q, bound + rmax + 1e-9)
-            lens = np.fromiter(map(len, lists), np.int64, count=n)
-            qis.append(np.repeat(np.arange(n), lens))
-            fis.append(ids[np.fromiter(itertools.chain.from_iterable(lists), np.int64, count=int(lens.sum()))])
-        qi, fi = np.concatenate(qis), np.concatenate(fis)
-        near = np.linalg.norm(q[qi] - self.centroids[fi], axis=1) <= bound[qi] + self.radii[fi] + 1e-9
-        qsel, d, cp, f, bary = self._pairs_min(q, qi[near], fi[near])
-        if len(qsel) != n:  # cannot happen (the bound's triangle is always a candidate)
-            raise RuntimeError("closest-point search lost a query")
-        return d, cp, f, bary
 
     def on_boundary(self, face: np.ndarray, bary: np.ndarray, eps: float = 1e-9) -> np.ndarray:
         """``(Q,)`` bool: the closest point lies on the open boundary, i.e. on an edge used by one
@@ -276,15 +120,14 @@ def coarse_rotation_search(pred_pts: np.ndarray, pred_nose: np.ndarray, gt_pts: 
     """
     tree = cKDTree(gt_pts)
     centred = (pred_pts - pred_nose) * scale
+    grid = [(pitch, yaw, roll) for yaw in range(-40, 41, 10) for pitch in range(-30, 31, 10)
+            for roll in range(-20, 21, 10)]
     best, best_rot = np.inf, np.eye(3)
-    for yaw in range(-40, 41, 10):
-        for pitch in range(-30, 31, 10):
-            for roll in range(-20, 21, 10):
-                rot = rotation_from_euler_deg(pitch, yaw, roll)
-                d, _ = tree.query(centred @ rot.T + gt_nose, k=1, distance_upper_bound=truncate_mm)
-                score = np.minimum(d, truncate_mm).mean()
-                if score < best - 1e-12:
-                    best, best_rot = score, rot
+    for rot in euler_deg_to_matrix_np(grid):
+        d, _ = tree.query(centred @ rot.T + gt_nose, k=1, distance_upper_bound=truncate_mm)
+        score = np.minimum(d, truncate_mm).mean()
+        if score < best - 1e-12:
+            best, best_rot = score, rot
     return Similarity(scale, best_rot, gt_nose - scale * best_rot @ pred_nose)
 
 
@@ -295,15 +138,6 @@ class IcpResult:
     converged: bool
     inlier_rms: float
     n_inliers: int
-
-
-def _rodrigues(w: np.ndarray) -> np.ndarray:
-    th = float(np.linalg.norm(w))
-    if th < 1e-15:
-        return np.eye(3)
-    k = w / th
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(th) * kx + (1 - math.cos(th)) * kx @ kx
 
 
 def _plane_step(y: np.ndarray, n: np.ndarray, g: np.ndarray, scale: bool,
@@ -324,8 +158,8 @@ def _plane_step(y: np.ndarray, n: np.ndarray, g: np.ndarray, scale: bool,
     rad2 = float((yc * yc).sum(1).mean())
     reg = np.r_[np.full(3, rad2), np.ones(3), np.full(a.shape[1] - 6, rad2)]
     x = np.linalg.solve(a.T @ a + damping * len(y) * np.diag(reg), a.T @ rhs)
-    rot = _rodrigues(x[:3])
-    sc = math.exp(x[6]) if scale else 1.0
+    rot = Rotation.from_rotvec(x[:3]).as_matrix()
+    sc = float(np.exp(x[6])) if scale else 1.0
     return Similarity(sc, rot, c + x[3:6] - sc * rot @ c)
 
 
@@ -460,7 +294,7 @@ class EvalResult:
     timings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        pitch, yaw, roll = euler_deg(self.transform.R)
+        pitch, yaw, roll = matrix_to_euler_deg_np(self.transform.R).tolist()
         return {
             "rmse_mm": self.rmse, "mean_mm": self.mean, "median_mm": self.median, "p95_mm": self.p95,
             "n_gt_points": self.n_gt_points, "boundary_fraction": self.boundary_fraction,
@@ -554,7 +388,7 @@ def evaluate_meshes(pred: Mesh, gt: Mesh, pred_landmarks: np.ndarray | None = No
 
 def format_table(res: EvalResult) -> str:
     """A small text table of the result."""
-    pitch, yaw, roll = euler_deg(res.transform.R)
+    pitch, yaw, roll = matrix_to_euler_deg_np(res.transform.R).tolist()
     rows = [
         ("RMSE (scan -> pred surface)", f"{res.rmse:.4f} mm"),
         ("mean / median / p95", f"{res.mean:.4f} / {res.median:.4f} / {res.p95:.4f} mm"),

@@ -9,12 +9,12 @@ Comments (``#`` outside strings), commas, ``PROTO``/``EXTERNPROTO`` and ``ROUTE`
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from mvf.errors import file_error
 from mvf.io.mesh import Mesh
@@ -191,13 +191,10 @@ class _Parser:
 
 
 def _axis_angle(r) -> np.ndarray:
+    """``(3, 3)`` rotation of a VRML ``x y z angle`` (radians) field; identity for a zero axis."""
     x, y, z, a = (float(v) for v in r)
-    n = math.sqrt(x * x + y * y + z * z)
-    if n < 1e-12 or a == 0.0:
-        return np.eye(3)
-    k = np.array([x, y, z]) / n
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(a) * kx + (1 - math.cos(a)) * kx @ kx
+    n = np.linalg.norm([x, y, z])
+    return np.eye(3) if n < 1e-12 else Rotation.from_rotvec(np.array([x, y, z]) * (a / n)).as_matrix()
 
 
 def _vec(fields: dict, key: str, default: tuple) -> np.ndarray:
