@@ -16,5 +16,5 @@ def read(path: Path) -> Mesh:
 
 def write(path: Path, mesh: Mesh) -> list[Path]:
     """Write ``mesh`` as OFF text, atomically. Returns ``[path]``."""
-    write_bytes(path, export_trimesh(path, mesh, "off").encode())
+    write_bytes(path, export_trimesh(mesh, "off").encode())
     return [path]

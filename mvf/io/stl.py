@@ -16,5 +16,5 @@ def read(path: Path) -> Mesh:
 
 def write(path: Path, mesh: Mesh) -> list[Path]:
     """Write ``mesh`` as binary STL, atomically. Returns ``[path]``."""
-    write_bytes(path, export_trimesh(path, mesh, "stl"))
+    write_bytes(path, export_trimesh(mesh, "stl"))
     return [path]
