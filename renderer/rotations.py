@@ -44,3 +44,19 @@ def euler_deg_to_matrix_np(angles_deg) -> np.ndarray:
 def matrix_to_euler_deg_np(rot: np.ndarray) -> np.ndarray:
     """numpy `matrix_to_euler`: ``(..., 3, 3)`` -> ``(..., 3)`` (pitch, yaw, roll) degrees, float64."""
     return np.degrees(matrix_to_euler(torch.from_numpy(np.asarray(rot, np.float64))).numpy())
+
+
+def rotation_derivatives(angles: torch.Tensor) -> torch.Tensor:
+    """``(..., 3, 3, 3)``: d R / d alpha, d R / d beta, d R / d gamma of `euler_to_matrix` at
+    ``angles`` ``(..., 3)`` radians (``R = Rz(γ) Ry(β) Rx(α)``)."""
+    a, b, g = angles.unbind(-1)
+    ca, sa, cb, sb, cg, sg = torch.cos(a), torch.sin(a), torch.cos(b), torch.sin(b), torch.cos(g), torch.sin(g)
+    one, zero = torch.ones_like(a), torch.zeros_like(a)
+
+    def mat(*entries):
+        return torch.stack(entries, -1).reshape(*a.shape, 3, 3)
+
+    rx, drx = mat(one, zero, zero, zero, ca, -sa, zero, sa, ca), mat(zero, zero, zero, zero, -sa, -ca, zero, ca, -sa)
+    ry, dry = mat(cb, zero, sb, zero, one, zero, -sb, zero, cb), mat(-sb, zero, cb, zero, zero, zero, -cb, zero, -sb)
+    rz, drz = mat(cg, -sg, zero, sg, cg, zero, zero, zero, one), mat(-sg, -cg, zero, cg, -sg, zero, zero, zero, zero)
+    return torch.stack([rz @ ry @ drx, rz @ dry @ rx, drz @ ry @ rx], -3)

@@ -1,4 +1,5 @@
-"""The view-dependent jawline contour search (mvf.face.contour), checked by projection only."""
+"""The view-dependent jawline: candidate lines (mvf.face.contour) and the silhouette search of the
+landmark projector (mvf.face.landmarks), checked by projection only."""
 from __future__ import annotations
 
 import math
@@ -7,9 +8,9 @@ import pytest
 import torch
 
 from renderer.camera import make_pose, project, view_directions
-from mvf.face.contour import (
-    build_contour_lines, contour_landmarks, jaw_vertex_ids, landmark_vertex_ids_for_view, vertex_normals,
-)
+from mvf.face.contour import build_contour_lines
+from mvf.face.landmarks import LandmarkProjector
+from mvf.face.mesh import vertex_normals
 from mvf.face.model import FaceModel
 
 RIGHT_SIDE = list(range(0, 8))  # subject's right jaw (x < 0)
@@ -24,6 +25,27 @@ def model() -> FaceModel:
 @pytest.fixture(scope="module")
 def lines(model):
     return build_contour_lines(model.mean, model.faces, model.landmarks)
+
+
+def projector_with(model, lines=None) -> LandmarkProjector:
+    """The iBUG-68 projector, its jawline on ``lines`` (default the asset's)."""
+    lset = model.landmark_set()
+    if lines is not None:
+        lset.contour_lines = torch.full((68, lines.shape[1]), -1, dtype=torch.long)
+        lset.contour_lines[:17] = lines
+    return LandmarkProjector(model, lset)
+
+
+def jaw_vertex_ids(verts, poses, model, lines=None):
+    """``(N, 17)`` jawline vertex ids and on-silhouette flags of meshes ``(N, Nv, 3)``, poses ``(N, 6)``."""
+    choice = projector_with(model, lines).select(verts, poses[:, None])
+    return projector_with(model, lines).vertex_ids[choice.tri[:, 0, :17, 0]], choice.on_silhouette[:, 0, :17]
+
+
+def landmarks_per_mesh(verts, poses, model):
+    """``(N, 68, 2)`` px and ``(N, 68)`` vertex ids, one pose ``(N, 6)`` per mesh ``(N, Nv, 3)``."""
+    out = projector_with(model).project(verts, poses[:, None])
+    return out.uv[:, 0], out.vertex_ids[:, 0, :, 0]
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +166,7 @@ def test_choice_depends_only_on_pitch_and_yaw(model, faces_shapes, lines):
 
 def test_contour_landmarks_project_the_chosen_vertices(model, faces_shapes):
     poses = torch.stack([make_pose(0.9, 0, y, 0, 112, 100) for y in (-50, 0, 30, 60)])
-    lm = contour_landmarks(faces_shapes, poses, model)
-    ids = landmark_vertex_ids_for_view(faces_shapes, poses, model)
+    lm, ids = landmarks_per_mesh(faces_shapes, poses, model)
     assert lm.shape == (4, 68, 2) and ids.shape == (4, 68)
     assert (ids[:, 17:] == model.landmarks[17:]).all()
     ref = torch.stack([project(faces_shapes[i, ids[i]], poses[i]) for i in range(4)])
@@ -155,12 +176,12 @@ def test_contour_landmarks_project_the_chosen_vertices(model, faces_shapes):
 def test_contour_landmarks_gradients(model, faces_shapes):
     verts = faces_shapes[:1].double()
     pose = make_pose(0.9, 5, -40, 3, 112, 100)[None].double().requires_grad_(True)
-    ids = landmark_vertex_ids_for_view(verts, pose.detach(), model)
+    ids = landmarks_per_mesh(verts, pose.detach(), model)[1]
     for sign in (-1, 1):  # the vertex choice does not change within gradcheck's steps
         bumped = pose.detach() + sign * 1e-6
-        assert (landmark_vertex_ids_for_view(verts, bumped, model) == ids).all()
-    assert torch.autograd.gradcheck(lambda p: contour_landmarks(verts, p, model), (pose,),
+        assert (landmarks_per_mesh(verts, bumped, model)[1] == ids).all()
+    assert torch.autograd.gradcheck(lambda p: landmarks_per_mesh(verts, p, model)[0], (pose,),
                                     eps=1e-6, atol=1e-5, fast_mode=True)
     v = verts.clone().requires_grad_(True)
-    contour_landmarks(v, pose.detach(), model).sum().backward()
+    landmarks_per_mesh(v, pose.detach(), model)[0].sum().backward()
     assert v.grad.abs().sum() > 0 and math.isfinite(float(v.grad.abs().sum()))

@@ -16,10 +16,8 @@ from renderer.camera import make_pose, project
 from mvf.cli import main as mvf_main
 from mvf.config import from_dict
 from mvf.face.model import FaceModel
-from mvf.recon.fit import (
-    CompactLandmarks, FitConfig, _Problem, fit, fitted_landmarks, init_poses_from_landmarks, rotation_derivatives,
-)
-from mvf.losses.selfsup import model_landmarks_2d
+from mvf.recon.fit import FitConfig, _Problem, fit, fitted_landmarks, init_poses_from_landmarks
+from renderer.rotations import rotation_derivatives
 
 TRIPLET = Path(__file__).resolve().parents[2] / "shared" / "samples" / "triplet-1"
 
@@ -50,15 +48,15 @@ def random_poses(g: torch.Generator, n: int = 3) -> torch.Tensor:
 # ----------------------------------------------------------------------------- landmark machinery
 def test_compact_landmarks_equal_full_mesh_projection(model):
     g = torch.Generator().manual_seed(0)
-    compact = CompactLandmarks(model, 60)
+    compact = model.landmark_projector(n_id=60)
     assert compact.vertex_ids.numel() < model.n_verts / 4
     for _ in range(3):
         id_c = torch.randn(2, 60, generator=g)
         exp_c = 0.4 * torch.rand(2, model.n_exp, generator=g)
         poses = torch.stack([random_poses(g), random_poses(g)])
         poses[1, 1, 2] = math.radians(-75)  # a strongly turned view: the jawline follows the rim
-        full = model_landmarks_2d(model, model.decode(id_c, exp_c), poses)
-        fast = compact.project(compact.decode(id_c, exp_c), poses)
+        full = compact(model.decode(id_c, exp_c), poses)
+        fast = compact(compact.decode(id_c, exp_c), poses)
         assert torch.allclose(full, fast, atol=1e-4)
 
 
@@ -79,7 +77,7 @@ def test_landmark_jacobian_matches_autograd(model):
     poses = random_poses(g)
     lm = project(model.landmarks_3d(model.mean)[None].expand(3, -1, -1), poses)
     cfg = FitConfig()
-    compact = CompactLandmarks(model, cfg.n_id)
+    compact = model.landmark_projector(n_id=cfg.n_id)
     step = torch.tensor(cfg.pose_step)
     problem = _Problem(compact, lm, torch.ones(3, 68), poses, step, model.n_exp, cfg)
     theta = 0.3 * torch.randn(problem.size, generator=g)

@@ -1,5 +1,5 @@
-"""Supervised losses: zero at the ground truth, positive away from it, right units and gradients;
-the silhouette-following jawline; Procrustes alignment and the aligned vertex RMSE."""
+"""Supervised losses: zero at the ground truth, positive away from it, right units and gradients
+(the projector itself: tests/test_face_landmarks.py); Procrustes alignment and the aligned vertex RMSE."""
 from __future__ import annotations
 
 import math
@@ -10,9 +10,9 @@ import torch
 from mvf.align import aligned_rmse, procrustes
 from renderer.camera import make_pose
 from renderer.rotations import euler_to_matrix
+from mvf.face.landmarks import LandmarkProjector
 from mvf.face.model import FaceModel
-from mvf.losses.supervised import (LandmarkProjector, coefficient_prior, face_region, landmark_loss, param_loss,
-                        pose_loss, vertex_loss)
+from mvf.losses.supervised import coefficient_prior, face_region, landmark_loss, param_loss, pose_loss, vertex_loss
 from mvf.net.network import PoseNorm
 
 S = 128
@@ -125,22 +125,6 @@ def test_losses_have_finite_difference_gradients(face, gt):
     coeffs = (0.3 * torch.randn(1, 3, dtype=torch.float64)).requires_grad_()
     pose = pose.clone().requires_grad_()
     assert torch.autograd.gradcheck(f, (coeffs, pose), eps=1e-6, atol=1e-4)
-
-
-def test_batched_projector_matches_the_per_view_contour_search(face, gt):
-    """(B, V) batching and gathering reproduce `mvf.face.contour.contour_landmarks` view by view,
-    and the side views move some jawline points onto the silhouette."""
-    from mvf.face.contour import contour_landmarks
-
-    proj = LandmarkProjector(face)
-    lm = proj(gt["verts"], gt["pose"])
-    fixed = LandmarkProjector(face, contour=False)(gt["verts"], gt["pose"])
-    for b in range(2):
-        for v in range(3):
-            ref = contour_landmarks(gt["verts"][b:b + 1], gt["pose"][b, v:v + 1], face, lines=proj.full_lines)[0]
-            assert torch.allclose(lm[b, v], ref, atol=1e-4)
-    assert torch.equal(lm[..., 17:, :], fixed[..., 17:, :])
-    assert (lm[:, 1:, :17] - fixed[:, 1:, :17]).norm(dim=-1).max() > 1.0
 
 
 # ----------------------------------------------------------------------------- alignment

@@ -231,7 +231,7 @@ def test_predict_refines_towards_the_head_landmarks(face):
     """With ``refine: landmarks``, `mvf.recon.refine.predict` returns the network's output fitted to its
     own landmarks: the refined shape and poses reproject closer to them than the raw
     regression does, and landmarks are kept. With ``refine: none`` it is the network itself."""
-    from mvf.losses.supervised import LandmarkProjector
+    from mvf.face.landmarks import LandmarkProjector
     from mvf.recon.refine import predict
 
     net = _net(face, image_size=64, fusion="concat", hidden=32, landmark_head=True, refine="landmarks")

@@ -7,7 +7,6 @@ import torch
 
 from mvf.align import aligned_rmse
 from renderer.camera import make_pose, project, project_with_depth
-from mvf.face.contour import contour_landmarks
 from mvf.face.model import FaceModel
 from mvf.recon.fit import FitConfig, fit
 from mvf.losses.selfsup import (
@@ -50,7 +49,7 @@ def synthetic_views(model, size: int, angles_deg: list[tuple[float, float, float
     rgba = render(verts.expand(n, -1, -1), model.faces, albedo[None].expand(n, -1, -1), poses, (size, size),
                   lights=Lights(), background=(0.3, 0.3, 0.3))
     images = rgba[..., :3].permute(0, 3, 1, 2).contiguous()
-    landmarks = contour_landmarks(verts.expand(n, -1, -1), poses, model)
+    landmarks = model.landmark_projector()(verts, poses[None])[0]
     return {"verts": verts, "id": id_gt, "poses": poses, "images": images, "landmarks": landmarks, "f": f}
 
 

@@ -10,7 +10,6 @@ import torch
 
 from renderer.camera import project
 from mvf.config import from_dict, load_config
-from mvf.face.contour import build_contour_lines, jaw_vertex_ids
 from mvf.data.caps import HoleCaps
 from mvf.data.config import SynthConfig
 from mvf.data.format import (
@@ -75,7 +74,7 @@ def test_index_files_and_label_shapes(dataset, model):
 
 
 def test_landmarks_are_projections_of_the_gt_mesh(dataset, model):
-    lines = build_contour_lines(model.mean, model.faces, model.landmarks)
+    projector = model.landmark_projector()
     for name in read_index(dataset)["subjects"]:
         labels, _ = _load(dataset, name)
         verts = _decode(model, labels)
@@ -85,7 +84,9 @@ def test_landmarks_are_projections_of_the_gt_mesh(dataset, model):
         inner = project(verts[model.landmarks[17:]][None].expand(3, -1, -1), pose)
         assert (inner - stored[:, 17:]).norm(dim=-1).max() < 0.5
         # jawline: the contour search in each view, run again on the decoded mesh
-        jaw, moved = jaw_vertex_ids(verts[None].expand(3, -1, -1), pose, model, lines=lines)
+        out = projector.project(verts[None], pose[None])
+        jaw, moved = out.vertex_ids[0, :, :17, 0], out.on_silhouette[0, :, :17]
+        assert torch.equal(out.uv[0], stored)  # the projector reproduces the labels exactly
         assert (jaw.numpy() == labels["jaw_vertex_ids"]).all()
         jaw_uv = torch.stack([project(verts[jaw[v]], pose[v]) for v in range(3)])
         assert (jaw_uv - stored[:, :17]).norm(dim=-1).max() < 0.5
@@ -132,7 +133,7 @@ def test_jawline_lies_on_the_rendered_silhouette(dataset, model):
 def test_masks_are_the_meshes_rasterized_coverage(dataset, model):
     from renderer import rasterize
 
-    from mvf.face.contour import vertex_normals
+    from mvf.face.mesh import vertex_normals
 
     caps = HoleCaps.from_model(model)
     faces_all = torch.cat([model.faces, caps.faces])

@@ -23,7 +23,8 @@ def test_labels_give_zero_loss_at_the_ground_truth(tiny_synth):
     the dataset resizes the images (pose and landmarks scaled with them)."""
     from mvf.data import SynthDataset
     from mvf.face.model import FaceModel
-    from mvf.losses.supervised import LandmarkProjector, face_region
+    from mvf.face.landmarks import LandmarkProjector
+    from mvf.losses.supervised import face_region
     from mvf.net.network import PoseNorm
     from mvf.train.config import ModelConfig
     from mvf.train.stages import LossContext, supervised_terms
@@ -152,7 +153,7 @@ def test_geometry_stage_frames_views_like_the_renders(tiny_synth):
     view angles and framing (fill, shift read back from the stored landmark box)."""
     from mvf.data import SynthDataset
     from mvf.face.model import FaceModel
-    from mvf.losses.supervised import LandmarkProjector
+    from mvf.face.landmarks import LandmarkProjector
     from mvf.train.geometry_stage import frame_views
 
     face = FaceModel.load()

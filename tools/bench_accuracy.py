@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from mvf.data import SynthDataset
     from mvf.errors import MvfError
-    from mvf.losses.supervised import LandmarkProjector, face_region
+    from mvf.face.landmarks import LandmarkProjector
+    from mvf.losses.supervised import face_region
     from mvf.recon.pipeline import load_model
     from mvf.recon.refine import predict
     from mvf.train.stages import LossContext

@@ -45,7 +45,6 @@ def report(recon: Path, subject_dir: Path) -> dict:
     from mvf.align import aligned_rmse
     from mvf.face.model import FaceModel
     from mvf.face.params import load_params
-    from mvf.losses.selfsup import model_landmarks_2d
     from renderer.views import VIEWS
 
     model = FaceModel.load()
@@ -55,7 +54,7 @@ def report(recon: Path, subject_dir: Path) -> dict:
     gt = model.decode(torch.from_numpy(labels["id"])[None], torch.from_numpy(labels["exp"])[None])
     rmse = float(aligned_rmse(pred, gt).mean())
     poses = params.poses(VIEWS)[None]
-    lm = model_landmarks_2d(model, pred, poses)[0]
+    lm = model.landmark_projector()(pred, poses)[0]
     gt_lm = torch.from_numpy(labels["landmarks"]).float()
     vis = torch.from_numpy(labels["landmark_visible"]).float()
     lm_px = float(((lm - gt_lm).norm(dim=-1) * vis).sum() / vis.sum())

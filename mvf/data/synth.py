@@ -4,7 +4,7 @@
 subjects at a time, through `renderer.rasterize` and `renderer.interpolate_vertex_attr`:
 
 1. decode the mesh (mm) from the drawn identity and expression;
-2. per view, find the jawline's silhouette vertices (`mvf.face.contour`), then choose the scale
+2. per view, find the jawline's silhouette vertices (`mvf.face.landmarks.LandmarkProjector`), then choose the scale
    ``f`` and offset ``tx, ty`` so the 68-landmark box fills the drawn fraction of the image;
 3. shade per vertex: albedo x (ambient + sum of Lambertian directional lights fixed in model
    space), so a surface point has the same colour in every view; the eye and mouth holes get
@@ -29,7 +29,7 @@ import torch
 
 from renderer.camera import project, project_with_depth
 from mvf.config import to_dict
-from mvf.face.contour import build_contour_lines, jaw_vertex_ids, vertex_normals
+from mvf.face.mesh import vertex_normals
 from mvf.data.albedo import AlbedoFields
 from mvf.data.background import gaussian_blur, make_background
 from mvf.data.caps import HoleCaps
@@ -147,8 +147,7 @@ class SynthGenerator:
         self.n_model_faces = model.faces.shape[0]
         self.faces_all = torch.cat([model.faces, self.caps.faces.to(self.device)], 0)
         self.exp_names = list(model.exp_names)
-        # dense candidate lines (the asset's are sparse; see mvf.face.contour.build_contour_lines)
-        self.lines = build_contour_lines(model.mean, model.faces, model.landmarks).to(self.device)
+        self.projector = model.landmark_projector()  # iBUG-68, jawline on the silhouette
         self._pools: dict[int, list[np.ndarray]] = {}
 
     def draw(self, seed: int, index: int) -> SubjectDraw:
@@ -166,21 +165,24 @@ class SynthGenerator:
             out.append(self.model.decode(idc, exc))
         return torch.cat(out, 0)
 
-    def _frame(self, verts_v: torch.Tensor, normals_v: torch.Tensor, angles: torch.Tensor,
-               fill: torch.Tensor, shift: torch.Tensor, size: int):
-        """Poses ``(N, 6)`` placing each view's landmark box, plus landmark vertex ids ``(N, 68)``."""
+    def _frame(self, verts: torch.Tensor, angles: torch.Tensor, fill: torch.Tensor, shift: torch.Tensor,
+               size: int):
+        """Poses ``(N, 6)`` placing each view's landmark box (``N = B V``; meshes ``(B, Nv, 3)``),
+        the landmarks' 3D points ``(N, 68, 3)``, vertex ids ``(N, 68)`` and on-silhouette flags."""
         zeros = torch.zeros_like(angles[:, :1])
         pose0 = torch.cat([torch.ones_like(zeros), angles, zeros, zeros], 1)
-        jaw, on_sil = jaw_vertex_ids(verts_v, pose0, self.model, normals=normals_v, lines=self.lines)
-        ids = torch.cat([jaw, self.model.landmarks[17:].expand(jaw.shape[0], -1)], 1)
-        pts = torch.gather(verts_v, 1, ids[..., None].expand(-1, -1, 3))
+        b = verts.shape[0]
+        choice = self.projector.select(verts, pose0.reshape(b, -1, 6))
+        pts = self.projector.points(verts, choice).flatten(0, 1)
+        ids = self.projector.vertex_ids[choice.tri[..., 0]].flatten(0, 1)
+        on_sil = choice.on_silhouette.flatten(0, 1)
         uv0 = project(pts, pose0)
         lo, hi = uv0.min(1).values, uv0.max(1).values
         extent = (hi - lo).max(-1).values
         f = fill * size / extent
         t = size * (0.5 + shift) - f[:, None] * (lo + hi) / 2
         poses = torch.cat([f[:, None], angles, t], 1)
-        return poses, ids, on_sil
+        return poses, pts, ids, on_sil
 
     def _scene(self, verts: torch.Tensor, normals: torch.Tensor, draws: list[SubjectDraw]):
         """Scene vertices ``(B, Nt, 3)`` (model + caps) and their lit colours ``(B, Nt, 3)``."""
@@ -223,24 +225,19 @@ class SynthGenerator:
         size, n_views, b = self.size, len(VIEWS), len(draws)
         verts = self._decode(draws)
         normals = vertex_normals(verts, self.model.faces)
-        nv = verts.shape[1]
-        verts_v = verts[:, None].expand(b, n_views, nv, 3).reshape(-1, nv, 3)
-        normals_v = normals[:, None].expand(b, n_views, nv, 3).reshape(-1, nv, 3)
         t = lambda key: torch.as_tensor(np.stack([getattr(d, key) for d in draws]), device=self.device)  # noqa: E731
-        poses, lm_ids, on_sil = self._frame(
-            verts_v, normals_v, t("angles").reshape(-1, 3), t("fill").reshape(-1),
+        poses, pts, lm_ids, on_sil = self._frame(
+            verts, t("angles").reshape(-1, 3), t("fill").reshape(-1),
             t("shift").reshape(-1, 2), size)
         all_v, colours = self._scene(verts, normals, draws)
         fr, vv, rgb, alpha, face_mask = self._raster(all_v, colours, poses, size, n_views)
 
-        pts = torch.gather(verts_v, 1, lm_ids[..., None].expand(-1, -1, 3))
         landmarks = project(pts, poses)
         proj = project_with_depth(vv, poses)
         uvd = project_with_depth(pts, poses)
         visible = point_visibility(fr, proj, self.faces_all, uvd)
         # jawline points on the silhouette: visible unless something nearer hides them
-        on_sil_all = torch.cat([on_sil, torch.zeros_like(visible[:, 17:])], 1)
-        visible = torch.where(on_sil_all, ~occluded(fr, uvd), visible)
+        visible = torch.where(on_sil, ~occluded(fr, uvd), visible)
 
         faces_bg = self._distractors(draws)
         images = self._composite(draws, rgb, alpha, faces_bg)
@@ -256,7 +253,7 @@ class SynthGenerator:
                 "masks": face_mask[sl].cpu().numpy(),
                 "colours": d.albedo.colours.astype(np.float32),
                 "jaw_vertex_ids": lm_ids[sl, :17].cpu().numpy().astype(np.int32),
-                "jaw_on_silhouette": on_sil[sl].cpu().numpy(),
+                "jaw_on_silhouette": on_sil[sl, :17].cpu().numpy(),
                 "light_ambient": d.lighting.ambient, "light_directions": d.lighting.directions,
                 "light_colours": d.lighting.colours,
             }
@@ -284,8 +281,8 @@ class SynthGenerator:
             verts = self._decode(others)
             normals = vertex_normals(verts, self.model.faces)
             t = lambda key: torch.as_tensor(np.stack([getattr(d, key) for d in others]), device=self.device)  # noqa: E731
-            poses, _, _ = self._frame(verts, normals, t("angles").reshape(-1, 3), t("fill").reshape(-1),
-                                      t("shift").reshape(-1, 2), size)
+            poses = self._frame(verts, t("angles").reshape(-1, 3), t("fill").reshape(-1),
+                                t("shift").reshape(-1, 2), size)[0]
             all_v, colours = self._scene(verts, normals, others)
             _, _, rgb, alpha, _ = self._raster(all_v, colours, poses, size, 1)
             images = []

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from mvf.errors import MvfError, file_error
+from mvf.face.landmarks import LandmarkProjector, LandmarkSet, ibug68_set
 from mvf.io.obj import read_polygons, read_vertices, triangulate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -358,6 +359,17 @@ class FaceModel:
     def landmarks_3d(self, verts: torch.Tensor) -> torch.Tensor:
         """The 68 landmark positions ``(..., 68, 3)`` of decoded vertices."""
         return self.select(verts, self.landmarks)
+
+    # -- 2D landmarks
+    def landmark_set(self, contour: bool = True, w_jaw: float = 1.0) -> LandmarkSet:
+        """The iBUG-68 `LandmarkSet` (jawline on the silhouette with ``contour``; ``w_jaw``: the
+        jawline's weight), see `mvf.face.landmarks.ibug68_set`."""
+        return ibug68_set(self, contour=contour, w_jaw=w_jaw)
+
+    def landmark_projector(self, lset: LandmarkSet | None = None, n_id: int | None = None) -> LandmarkProjector:
+        """The projector of ``lset`` (default `landmark_set`); ``n_id`` identity modes for its
+        compact `LandmarkProjector.decode` (default all)."""
+        return LandmarkProjector(self, lset, n_id)
 
     def zero_coeffs(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero identity and expression coefficients ``(B, n_id)``, ``(B, n_exp)``."""

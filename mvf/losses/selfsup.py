@@ -8,7 +8,7 @@ co-visibility mask, which is then eroded (`erode_covisible`). On it:
 * photometric loss: robust distance between I_B and I_A→B, averaged over the co-visible
   pixels of each pair (so shrinking the overlap cannot lower it by itself);
 * alignment loss: ``|F(I_B, I_A→B)| + |F(I_A→B, I_B)|`` with a differentiable flow estimator F;
-* landmark loss on given 2D landmarks (`landmark_loss`).
+* landmark loss on given 2D landmarks (`mvf.losses.supervised.landmark_loss`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from renderer.camera import project
 
 
 @dataclass
@@ -168,31 +167,6 @@ def flow_alignment_loss(flow_net, target: Tensor, warped: Tensor, mask: Tensor,
     mag = torch.sqrt(fwd.square().sum(1, keepdim=True) + 1e-6) + torch.sqrt(bwd.square().sum(1, keepdim=True) + 1e-6)
     loss, _ = masked_pair_mean(mag.reshape(b, p, 1, h, w), mask, cfg.min_covisible_px)
     return loss, fwd.reshape(b, p, 2, h, w)
-
-
-def landmark_loss(pred: Tensor, target: Tensor, visible: Tensor | None = None) -> Tensor:
-    """Mean Euclidean distance in pixels between ``(..., 68, 2)`` landmark sets, over visible ones."""
-    dist = torch.sqrt((pred - target).square().sum(-1) + 1e-8)
-    if visible is None:
-        return dist.mean()
-    vis = visible.float()
-    return (dist * vis).sum() / vis.sum().clamp_min(1.0)
-
-
-def model_landmarks_2d(model, verts: Tensor, poses: Tensor, contour: bool = True) -> Tensor:
-    """Projected landmarks ``(B, V, 68, 2)`` px of meshes ``(B, N, 3)`` in views ``(B, V, 6)``.
-
-    With ``contour`` the jawline (0-16) follows each view's silhouette (`mvf.face.contour`).
-    """
-    b, v = poses.shape[:2]
-    if contour:
-        from mvf.face.contour import contour_landmarks
-
-        flat = contour_landmarks(verts[:, None].expand(b, v, *verts.shape[1:]).reshape(b * v, *verts.shape[1:]),
-                                 poses.reshape(b * v, 6), model)
-        return flat.reshape(b, v, 68, 2)
-    lm3 = model.landmarks_3d(verts)[:, None]
-    return project(lm3, poses)
 
 
 @dataclass

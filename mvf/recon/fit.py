@@ -5,9 +5,9 @@ the mean face with poses from a closed-form weak-perspective fit to the 2D landm
 (`init_poses_from_landmarks`). Two phases with Adam:
 
 1. landmarks (cheap, at the crop's resolution): per-view landmark reprojection with the jawline
-   from the view-dependent contour search (`mvf.face.contour`), plus coefficient priors. Each step
-   decodes only the ~1.6k vertices the landmarks and contour candidates need
-   (`CompactLandmarks`), so a step costs milliseconds; it stops early on a plateau;
+   from the view-dependent contour search, plus coefficient priors. Each step decodes only the
+   ~1.5k vertices the landmarks and contour candidates need (the compact mode of
+   `mvf.face.landmarks.LandmarkProjector`), so a step costs milliseconds; it stops early on a plateau;
 2. cross-view (optional, ``photo_steps > 0``): landmarks + priors + the self-supervised
    photometric and flow-alignment losses (`mvf.losses.selfsup`), rendered at ``photo_size`` pixels
    (images downsampled, poses scaled) to keep it affordable on a CPU.
@@ -24,13 +24,14 @@ import torch.nn.functional as tnf
 from torch import Tensor
 
 from renderer.camera import project
-from renderer.rotations import euler_to_matrix, matrix_to_euler
+from renderer.rotations import euler_to_matrix, matrix_to_euler, rotation_derivatives
 from mvf.errors import MvfError
+from mvf.face.landmarks import LandmarkProjector
 from mvf.losses.flow import FlowConfig, build_flow
-from mvf.losses.selfsup import CrossViewConfig, cross_view_losses, inner_face_region, landmark_loss
+from mvf.losses.selfsup import CrossViewConfig, cross_view_losses, inner_face_region
+from mvf.losses.supervised import landmark_loss
 
 NON_JAW = tuple(range(17, 68))
-N_JAW = 17
 PAIR_SETS = ("all", "front")  # every ordered pair, or front <-> each side view only
 REGIONS = ("inner_face", "all")
 
@@ -155,76 +156,6 @@ def init_poses_from_landmarks(lm3: Tensor, lm2: Tensor, visible: Tensor | None =
     return torch.stack(poses)
 
 
-# ----------------------------------------------------------------------------- landmarks
-class CompactLandmarks:
-    """Landmark projection that decodes only the vertices the 68 landmarks can sit on.
-
-    The compact set is the landmark vertices, every jawline contour candidate and all vertices
-    of the triangles around the candidates, so the candidates' normals (and hence the contour
-    search of `mvf.face.contour.jaw_vertex_ids`) are exact. Results equal
-    `mvf.losses.selfsup.model_landmarks_2d` on the full mesh.
-
-    Attributes (duck-typing the face model for `jaw_vertex_ids`): ``mean`` ``(M, 3)``,
-    ``landmarks`` ``(68,)`` and ``contour_lines`` ``(17, L)`` in compact indices, ``faces``
-    ``(Fc, 3)`` the triangles around the candidates; ``vertex_ids`` ``(M,)`` the full-mesh ids.
-    """
-
-    def __init__(self, model, n_id: int, contour: bool = True):
-        dev = model.device
-        lines = model.contour_lines if contour else None
-        ids = [model.landmarks]
-        faces = model.faces[:0]
-        if lines is not None:
-            cand = torch.unique(lines[lines >= 0])
-            faces = model.faces[torch.isin(model.faces, cand).any(1)]
-            ids += [cand, faces.reshape(-1)]
-        keep = torch.unique(torch.cat([i.to(dev) for i in ids]))
-        remap = torch.full((model.n_verts,), -1, dtype=torch.long, device=dev)
-        remap[keep] = torch.arange(keep.numel(), device=dev)
-        self.vertex_ids = keep
-        self.n_id = min(n_id, model.n_id)
-        self.mean = model.mean[keep]
-        self.id_basis = model.id_basis[: self.n_id, keep].reshape(self.n_id, -1)
-        self.exp_basis = model.exp_basis[:, keep].reshape(model.n_exp, -1)
-        self.landmarks = remap[model.landmarks]
-        self.faces = remap[faces]
-        self.contour_lines = None if lines is None else torch.where(lines >= 0, remap[lines.clamp_min(0)], -1)
-
-    def decode(self, id_coeffs: Tensor, exp_coeffs: Tensor) -> Tensor:
-        """``(B, M, 3)`` mm compact vertices of ``(B, k_id)``, ``(B, n_exp)`` coefficients."""
-        k = id_coeffs.shape[-1]
-        flat = self.mean.reshape(1, -1) + id_coeffs @ self.id_basis[:k] + exp_coeffs @ self.exp_basis
-        return flat.reshape(id_coeffs.shape[0], -1, 3)
-
-    def vertex_ids_for_views(self, verts: Tensor, poses: Tensor) -> Tensor:
-        """Compact vertex id of each landmark per view: ``(B, V, 68)``; jawline by contour search."""
-        b, v = poses.shape[:2]
-        rest = self.landmarks[N_JAW:].expand(b, v, -1)
-        if self.contour_lines is None:
-            return torch.cat([self.landmarks[:N_JAW].expand(b, v, -1), rest], -1)
-        from mvf.face.contour import jaw_vertex_ids, vertex_normals
-
-        with torch.no_grad():
-            vd = verts.detach()
-            normals = vertex_normals(vd, self.faces)
-            flat_v = vd[:, None].expand(b, v, *vd.shape[1:]).reshape(b * v, *vd.shape[1:])
-            flat_n = normals[:, None].expand(b, v, *vd.shape[1:]).reshape(b * v, *vd.shape[1:])
-            jaw, _ = jaw_vertex_ids(flat_v, poses.detach().reshape(b * v, 6), self, normals=flat_n,
-                                    lines=self.contour_lines)
-        return torch.cat([jaw.reshape(b, v, N_JAW), rest], -1)
-
-    def project(self, verts: Tensor, poses: Tensor, ids: Tensor | None = None) -> Tensor:
-        """2D landmarks ``(B, V, 68, 2)`` px of compact vertices ``(B, M, 3)`` in views ``(B, V, 6)``.
-
-        ``ids``: landmark vertex ids from `vertex_ids_for_views` to reuse (default: search now).
-        """
-        b, v = poses.shape[:2]
-        if ids is None:
-            ids = self.vertex_ids_for_views(verts, poses)
-        pts = torch.gather(verts, 1, ids.reshape(b, -1, 1).expand(-1, -1, 3)).reshape(b, v, 68, 3)
-        return project(pts, poses)
-
-
 # ----------------------------------------------------------------------------- fitting
 def _view_pairs(n_views: int, which: str) -> list[tuple[int, int]]:
     """Ordered view pairs: all, or only those involving the front view (index 0)."""
@@ -243,22 +174,6 @@ def robust_px(dist: Tensor, delta: float) -> Tensor:
     return torch.sqrt(dist.square() + delta * delta) - delta
 
 
-def rotation_derivatives(angles: Tensor) -> Tensor:
-    """``(..., 3, 3, 3)``: d R / d alpha, d R / d beta, d R / d gamma of `euler_to_matrix` at
-    ``angles`` ``(..., 3)`` radians (``R = Rz(γ) Ry(β) Rx(α)``)."""
-    a, b, g = angles.unbind(-1)
-    ca, sa, cb, sb, cg, sg = torch.cos(a), torch.sin(a), torch.cos(b), torch.sin(b), torch.cos(g), torch.sin(g)
-    one, zero = torch.ones_like(a), torch.zeros_like(a)
-
-    def mat(*entries):
-        return torch.stack(entries, -1).reshape(*a.shape, 3, 3)
-
-    rx, drx = mat(one, zero, zero, zero, ca, -sa, zero, sa, ca), mat(zero, zero, zero, zero, -sa, -ca, zero, ca, -sa)
-    ry, dry = mat(cb, zero, sb, zero, one, zero, -sb, zero, cb), mat(-sb, zero, cb, zero, zero, zero, -cb, zero, -sb)
-    rz, drz = mat(cg, -sg, zero, sg, cg, zero, zero, zero, one), mat(-sg, -cg, zero, cg, -sg, zero, zero, zero, zero)
-    return torch.stack([rz @ ry @ drx, rz @ dry @ rx, drz @ ry @ rx], -3)
-
-
 class _Problem:
     """The landmark objective in one flat parameter vector ``θ = (id, exp, pose offsets)``.
 
@@ -266,18 +181,21 @@ class _Problem:
     the Charbonnier penalty (`robust_px`), ``f0`` the initial mean scale (px/mm: distances in
     model millimetres), ``a`` the landmark weights (visibility x jaw weight), and poses
     ``pose0 + offsets · step``. ``exp`` lies in [0, 1] (so |exp| = exp).
+
+    ``compact``: the landmark projector (its compact decoding); ``weights`` ``(V, K)`` the given
+    landmark weights (visibility), times the projector's per-view weights at each `search`.
     """
 
-    def __init__(self, compact: CompactLandmarks, targets: Tensor, weights: Tensor, pose0: Tensor,
+    def __init__(self, compact: LandmarkProjector, targets: Tensor, weights: Tensor, pose0: Tensor,
                  step: Tensor, n_exp: int, cfg: FitConfig):
         self.compact, self.targets, self.pose0, self.step, self.cfg = compact, targets, pose0, step, cfg
         self.n_id, self.n_exp, self.n_views = compact.n_id, n_exp, pose0.shape[0]
-        self.a = weights / weights.sum().clamp_min(1e-6)  # (V, 68)
+        self.base_weights = weights
+        self.a = weights / weights.sum().clamp_min(1e-6)  # (V, K), set by `search`
         self.mm_per_px = 1.0 / float(pose0[:, 0].mean().clamp_min(1e-6))
         dev = targets.device
         self.exp_linear = torch.zeros(self.size, device=dev, dtype=torch.float64)
         self.exp_linear[self.n_id:self.n_id + n_exp] = cfg.w_exp_prior / max(n_exp, 1)
-        self.ids: Tensor | None = None
         self.centre: Tensor | None = None  # (n_id + n_exp,) the w_net_prior's centre
 
     @property
@@ -292,15 +210,19 @@ class _Problem:
         return id_c, exp_c, poses
 
     def search(self, theta: Tensor) -> None:
-        """Choose the jawline vertices for the current shape and poses (contour search)."""
+        """Choose each landmark's triangle per view for the current shape and poses (the jawline's
+        contour search) and the landmark weights."""
         id_c, exp_c, poses = self.split(theta.detach().float())
         verts = self.compact.decode(id_c[None], exp_c[None])
-        self.ids = self.compact.vertex_ids_for_views(verts, poses[None])[0]  # (V, 68)
+        choice = self.compact.select(verts, poses[None])
+        tri, bary = choice.tri[0], choice.bary[0]  # (V, K, 3)
         k = self.n_id
         basis = torch.cat([self.compact.id_basis[:k], self.compact.exp_basis]).reshape(
-            k + self.n_exp, -1, 3)  # (K, M, 3)
-        self.sel_basis = basis[:, self.ids].permute(1, 2, 3, 0)  # (V, 68, 3, K)
-        self.sel_mean = self.compact.mean[self.ids]  # (V, 68, 3)
+            k + self.n_exp, -1, 3)  # (P, M, 3)
+        self.sel_basis = (basis[:, tri] * bary[None, ..., None]).sum(-2).permute(1, 2, 3, 0)  # (V, K, 3, P)
+        self.sel_mean = (self.compact.mean[tri] * bary[..., None]).sum(-2)  # (V, K, 3)
+        w = self.base_weights * choice.weight[0]
+        self.a = w / w.sum().clamp_min(1e-6)
 
     def project(self, theta: Tensor) -> Tensor:
         """Landmarks ``(V, 68, 2)`` px for ``θ`` with the current jawline choice."""
@@ -457,7 +379,8 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
     n_views = landmarks.shape[0]
     vis = torch.ones(landmarks.shape[:2], device=dev) if visible is None else visible.to(dev).float()
     n_id = cfg.n_id if init is None else max(cfg.n_id, int(torch.as_tensor(init["id"]).numel()))
-    compact = CompactLandmarks(model, n_id, cfg.contour)  # a network's extra id modes are kept
+    # a network's extra id modes are kept
+    compact = LandmarkProjector(model, model.landmark_set(cfg.contour, cfg.w_jaw), n_id)
     n_id, n_exp = compact.n_id, model.n_exp
     id0 = torch.zeros(n_id, device=dev)
     exp0 = torch.zeros(n_exp, device=dev)
@@ -471,9 +394,7 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
         pose0 = init_poses_from_landmarks(model.landmarks_3d(model.mean), landmarks, vis).to(dev)
     step = torch.tensor(cfg.pose_step, device=dev, dtype=torch.float32)
     step = torch.cat([step[:1] * pose0[:, :1].mean(), step[1:]])  # f step relative to f
-    weights = vis.clone()
-    weights[:, :N_JAW] *= cfg.w_jaw
-    problem = _Problem(compact, landmarks, weights, pose0, step, n_exp, cfg)
+    problem = _Problem(compact, landmarks, vis, pose0, step, n_exp, cfg)
     if init is not None:
         problem.centre = torch.cat([id0, exp0])
     theta = torch.cat([id0, exp0, torch.zeros(6 * n_views, device=dev)])
@@ -542,10 +463,10 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
 
 def fitted_landmarks(model, result: FitResult, contour: bool = True) -> Tensor:
     """Projected landmarks ``(V, 68, 2)`` crop px of a fit."""
-    compact = CompactLandmarks(model, result.id.numel(), contour)
+    compact = LandmarkProjector(model, model.landmark_set(contour), result.id.numel())
     with torch.no_grad():
         verts = compact.decode(result.id[None], result.exp[None])
-        return compact.project(verts, result.poses[None])[0]
+        return compact(verts, result.poses[None])[0]
 
 
 def landmark_error_px(model, result: FitResult, landmarks: Tensor, visible: Tensor | None = None,

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mvf.errors import MvfError, file_error
 from mvf.face.model import FaceModel
-from mvf.losses.supervised import LandmarkProjector
+from mvf.face.landmarks import LandmarkProjector
 from mvf.net.network import MVFNet, build_network
 from mvf.recon.crop import crop_image
 from mvf.recon.fit import FitConfig, FitResult, fit, fitted_landmarks, scale_poses

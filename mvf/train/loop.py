@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mvf.config import to_dict
 from mvf.errors import MvfError, file_error
 from mvf.face.model import FaceModel
-from mvf.losses.supervised import LandmarkProjector, face_region
+from mvf.face.landmarks import LandmarkProjector
+from mvf.losses.supervised import face_region
 from mvf.net.network import MVFNet, build_network
 from mvf.train import checkpoint as ckpt_io
 from mvf.train import ddp

@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 from mvf.errors import MvfError, file_error
 from mvf.face.model import FaceModel
-from mvf.losses.supervised import (LandmarkProjector, coefficient_prior, landmark_loss, param_loss,
+from mvf.face.landmarks import LandmarkProjector
+from mvf.losses.supervised import (coefficient_prior, landmark_loss, param_loss,
                         pose_loss, vertex_loss)
 from mvf.net.network import PoseNorm
 from mvf.train import geometry_stage, selfsup_stage
