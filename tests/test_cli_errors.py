@@ -46,9 +46,9 @@ def test_bad_params_files(tmp_path, content, needle, capsys):
 
 
 def test_unknown_suffix(tmp_path, capsys):
-    assert main(["export", "--random", "--out", str(tmp_path / "x.stl")]) == 2
+    assert main(["export", "--random", "--out", str(tmp_path / "x.xyz")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "x.stl" in err and "unknown mesh format" in err
+    assert "x.xyz" in err and "unsupported mesh type" in err
 
 
 def test_missing_params_file(tmp_path, capsys):
