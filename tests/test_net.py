@@ -10,7 +10,7 @@ from renderer.rotations import euler_to_matrix
 from mvf.errors import MvfError
 from mvf.face.model import FaceModel
 from mvf.net.network import FACE_FILL, PoseNorm, build_network
-from mvf.train.config import ModelConfig
+from mvf.net.config import ModelConfig
 
 
 @pytest.fixture(scope="module")

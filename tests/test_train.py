@@ -230,3 +230,22 @@ def test_geometry_stage_needs_the_landmark_head(tiny_synth, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "needs model.landmark_head: true" in err and "\n" not in err
+
+
+def test_resumed_tensorboard_purges_later_events(tmp_path, monkeypatch):
+    """On resume the SummaryWriter gets purge_step = resumed step + 1 (no stale events)."""
+    import torch.utils.tensorboard as tb
+
+    from mvf.train.logs import RunLogger
+
+    seen = {}
+
+    class Writer:
+        def __init__(self, log_dir, purge_step=None):
+            seen["purge_step"] = purge_step
+
+    monkeypatch.setattr(tb, "SummaryWriter", Writer)
+    RunLogger(tmp_path, ["step"], ["step"], tensorboard=True, purge_step=7)
+    assert seen["purge_step"] == 7
+    RunLogger(tmp_path, ["step"], ["step"], tensorboard=True)
+    assert seen["purge_step"] is None

@@ -34,7 +34,7 @@ from torch import nn
 from mvf.net.backbones import build_backbone
 from mvf.errors import MvfError
 from mvf.face.model import FaceModel
-from mvf.train.config import ModelConfig
+from mvf.net.config import ModelConfig
 from renderer.views import VIEWS
 
 FACE_FILL = 0.6  # zero pose output: the mean face's 68-landmark box side is 60% of the image

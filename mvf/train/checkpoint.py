@@ -1,4 +1,4 @@
-"""Checkpoints: atomic save, validated load, RNG state capture.
+"""Checkpoints for training: atomic save, RNG state capture; reading is `mvf.net.checkpoint`.
 
 A checkpoint is a ``torch.save`` dict (loaded with ``weights_only=True``)::
 
@@ -21,11 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mvf.errors import file_error
 from mvf.fileio import atomic_path
-
-FORMAT = "mvf-checkpoint"
-VERSION = 1
+from mvf.net.checkpoint import FORMAT, VERSION, load_checkpoint, load_model_state
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -35,23 +32,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and check a checkpoint; `MvfError` naming the file if missing, corrupt or foreign."""
-    path = Path(path)
-    if not path.is_file():
-        raise file_error(path, "checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception:
-        raise file_error(path, "corrupt or unreadable checkpoint (not a PyTorch file written by mvf train)") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise file_error(path, "not an mvf checkpoint")
-    if ckpt.get("version") != VERSION:
-        raise file_error(path, f"checkpoint version {ckpt.get('version')} is not supported (need {VERSION})")
-    missing = [k for k in ("config", "model", "step") if k not in ckpt]
-    if missing:
-        raise file_error(path, f"incomplete checkpoint (missing '{missing[0]}')")
-    return ckpt
+__all__ = ["load_checkpoint", "load_model_state", "rng_state", "save_checkpoint", "set_rng_state"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -71,19 +52,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
-
-
-def load_model_state(model: torch.nn.Module, state: dict, path: str | Path) -> None:
-    """Load a network state dict; `MvfError` naming ``path`` when it doesn't fit ``model``."""
-    target = model.state_dict()
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    if missing or unexpected:
-        key = missing[0] if missing else unexpected[0]
-        raise file_error(path, f"checkpoint does not match the network ({'missing' if missing else 'unexpected'} "
-                               f"'{key}'; {len(missing)} missing, {len(unexpected)} unexpected keys)")
-    for k, v in target.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise file_error(path, f"checkpoint does not match the network (shape of '{k}': "
-                                   f"{tuple(state[k].shape)} vs {tuple(v.shape)})")
-    model.load_state_dict(state)

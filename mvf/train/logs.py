@@ -2,7 +2,7 @@
 
 ``train.csv`` and ``val.csv`` live in the run folder; TensorBoard events in ``<run>/tb``. On
 resume, rows after the checkpoint's step are dropped, so a resumed run's CSV reads exactly as
-an uninterrupted one.
+an uninterrupted one, and TensorBoard gets ``purge_step`` (no stale events past the resume).
 """
 from __future__ import annotations
 
@@ -58,14 +58,16 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
 class RunLogger:
     """CSV + optional TensorBoard for one run (use on rank 0 only)."""
 
-    def __init__(self, out_dir: Path, train_columns: list[str], val_columns: list[str], tensorboard: bool):
+    def __init__(self, out_dir: Path, train_columns: list[str], val_columns: list[str], tensorboard: bool,
+                 purge_step: int | None = None):
+        """``purge_step``: the resumed step; TensorBoard then hides events logged after it."""
         self.train = CsvLog(out_dir / "train.csv", train_columns)
         self.val = CsvLog(out_dir / "val.csv", val_columns)
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out_dir / "tb"))
+            self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=purge_step)
 
     def truncate_after(self, step: int) -> None:
         self.train.truncate_after(step)

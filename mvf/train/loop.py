@@ -263,7 +263,8 @@ class Trainer:
         self.logger = None
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.logger = RunLogger(self.out, train_columns(), VAL_COLUMNS, cfg.tensorboard)
+            purge = self.step + 1 if resume_ckpt is not None else None  # steps <= self.step were logged
+            self.logger = RunLogger(self.out, train_columns(), VAL_COLUMNS, cfg.tensorboard, purge_step=purge)
             if resume_ckpt is not None:
                 self.logger.truncate_after(self.step)
             else:

@@ -39,7 +39,7 @@ from torch.utils.data import Dataset, Subset
 from mvf.errors import MvfError
 from mvf.losses.supervised import coefficient_prior, landmark_loss
 from mvf.losses.selfsup import CrossViewConfig, CrossViewResult, cross_view_losses, inner_face_region
-from mvf.train.config import LossWeights, StageConfig
+from mvf.train.schema import LossWeights, StageConfig
 
 if TYPE_CHECKING:
     from mvf.losses.flow import FlowEstimator

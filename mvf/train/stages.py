@@ -22,7 +22,8 @@ from mvf.losses.supervised import (coefficient_prior, landmark_loss, param_loss,
                         pose_loss, vertex_loss)
 from mvf.net.network import PoseNorm
 from mvf.train import geometry_stage, selfsup_stage
-from mvf.train.config import LossWeights, ModelConfig, StageConfig
+from mvf.net.config import ModelConfig
+from mvf.train.schema import LossWeights, StageConfig
 
 
 @dataclass
