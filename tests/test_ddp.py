@@ -44,7 +44,7 @@ def test_two_process_training_stays_in_sync(tiny_synth, tmp_path):
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["step"] == steps
     from mvf.train.ddp import parameter_checksum
-    from mvf.recon.pipeline import load_model
+    from mvf.net.checkpoint import load_model
 
     model = load_model(run / "last.pt")
     assert parameter_checksum(model.net) == pytest.approx(a, rel=1e-12)

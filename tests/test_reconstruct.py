@@ -34,7 +34,7 @@ def mean_checkpoint(tiny_synth, tmp_path_factory):
 def test_reconstruct_end_to_end(tiny_synth, smoke_checkpoint, tmp_path):
     from mvf.io import load_mesh
     from mvf.face.params import load_params
-    from mvf.recon.pipeline import load_model
+    from mvf.net.checkpoint import load_model
 
     subject = tiny_synth / "000001"
     out = tmp_path / "rec"
@@ -70,7 +70,8 @@ def test_poses_follow_the_input_image_size(smoke_checkpoint, tiny_synth, tmp_pat
     import torch.nn.functional as tnf
 
     from mvf.fileio import write_image
-    from mvf.recon.pipeline import load_model, predict_views
+    from mvf.recon.pipeline import predict_views
+    from mvf.net.checkpoint import load_model
     from mvf.recon.views import framed_views
 
     model = load_model(smoke_checkpoint)

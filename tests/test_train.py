@@ -26,7 +26,7 @@ def test_labels_give_zero_loss_at_the_ground_truth(tiny_synth):
     from mvf.face.landmarks import LandmarkProjector
     from mvf.losses.supervised import face_region
     from mvf.net.network import PoseNorm
-    from mvf.train.config import ModelConfig
+    from mvf.net.config import ModelConfig
     from mvf.train.stages import LossContext, supervised_terms
 
     face = FaceModel.load()
@@ -175,7 +175,7 @@ def test_geometry_stage_learns_shape_from_landmarks(tiny_synth, tmp_path):
     """A short geometry stage (sampled faces, no images) lowers the vertex error on held-out
     real renders' labels below the mean face's, through the landmark branch alone."""
     from mvf.data import SynthDataset
-    from mvf.recon.pipeline import load_model
+    from mvf.net.checkpoint import load_model
     from mvf.align import aligned_rmse
     from mvf.losses.supervised import face_region
 
@@ -200,7 +200,7 @@ def test_geometry_stage_learns_shape_from_landmarks(tiny_synth, tmp_path):
 
 def test_frozen_parameters_never_move(tiny_synth, tmp_path):
     """``freeze`` prefixes: those parameters keep their values while the rest trains."""
-    from mvf.recon.pipeline import load_model
+    from mvf.net.checkpoint import load_model
     from mvf.train.checkpoint import load_checkpoint
 
     run = tmp_path / "frozen"

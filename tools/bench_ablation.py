@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from mvf.data import SynthDataset
     from mvf.errors import MvfError
-    from mvf.recon.pipeline import load_model
+    from mvf.net.checkpoint import load_model
     from mvf.train import checkpoint as ckpt_io
-    from mvf.train.config import validate
+    from mvf.train.config import config_from_dict, validate
     from mvf.train.loop import Trainer, build_context
 
     if args.threads:
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = ckpt_io.load_checkpoint(args.checkpoint)
     except MvfError as e:
         sys.exit(f"bench_ablation: error: {e}")
-    base = start.cfg
+    base = config_from_dict(start.config)
     size = base.model.image_size
     sups = [st for st in base.stages if st.kind == "supervised"]
     if not sups:

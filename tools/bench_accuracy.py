@@ -12,6 +12,7 @@ reference the RMSE of predicting the mean face for everyone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -78,12 +79,10 @@ def landmark_branch_diagnostics(net, loader, ctx) -> dict:
 
 
 def with_refine(model, refine: str):
-    """``model`` (a `mvf.recon.pipeline.LoadedModel`) with ``model.refine`` replaced."""
-    import dataclasses
-
-    model_cfg = dataclasses.replace(model.cfg.model, refine=refine)
+    """``model`` (a `mvf.net.checkpoint.LoadedModel`) with ``model.refine`` replaced."""
+    model_cfg = dataclasses.replace(model.cfg, refine=refine)
     model.net.cfg = model_cfg
-    return dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, model=model_cfg))
+    return dataclasses.replace(model, cfg=model_cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     from mvf.errors import MvfError
     from mvf.face.landmarks import LandmarkProjector
     from mvf.losses.supervised import face_region
-    from mvf.recon.pipeline import load_model
+    from mvf.net.checkpoint import load_model
+    from mvf.train.config import config_from_dict
     from mvf.recon.refine import predict
     from mvf.train.stages import LossContext
     from mvf.train.validation import evaluate
@@ -121,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         ensure_heldout(data, args.subjects, args.seed, args.size)
         model = load_model(args.checkpoint)
         if args.refine is not None:
-            if args.refine == "landmarks" and not model.cfg.model.landmark_head:
+            if args.refine == "landmarks" and not model.cfg.landmark_head:
                 raise MvfError(f"{args.checkpoint}: --refine landmarks needs a network with a landmark head")
             model = with_refine(model, args.refine)
-        cfg = model.cfg
+        cfg = dataclasses.replace(config_from_dict(model.config), model=model.cfg)
         ds = SynthDataset(data, views=tuple(cfg.model.views), size=cfg.model.image_size)
     except MvfError as e:
         sys.exit(f"bench_accuracy: error: {e}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mvf.face.model import DEFAULT_ASSET, build_ict_asset, find_ict_source
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -19,8 +21,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mvf.face.model import DEFAULT_ASSET, build_ict_asset, find_ict_source
-
     src = find_ict_source(args.ict)
     out = Path(args.out) if args.out else DEFAULT_ASSET
     meta = build_ict_asset(src, out, region=args.region)

@@ -8,9 +8,10 @@ import torch
 
 from mvf.config import load_config
 from mvf.errors import MvfError
+from mvf.net.checkpoint import load_model
 from mvf.recon.fit import FitConfig
 from mvf.recon.outputs import print_summary, write_outputs
-from mvf.recon.pipeline import load_model, reconstruct
+from mvf.recon.pipeline import reconstruct
 from mvf.recon.views import add_view_arguments, detect_views, framed_views, views_from_args
 
 

@@ -4,6 +4,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
+from mvf.config import load_config
+from mvf.data.config import SynthConfig
+from mvf.data.synth import generate
+from mvf.errors import MvfError
+from mvf.face.model import FaceModel
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -29,15 +37,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mvf.config import load_config
-    from mvf.data.config import SynthConfig
-    from mvf.data.synth import generate
-    from mvf.face.model import FaceModel
-
-    import torch
-
-    from mvf.errors import MvfError
-
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise MvfError(f"--device {args.device}: CUDA is not available here")
     cfg = load_config(args.config, SynthConfig, args.set)

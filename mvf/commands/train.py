@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+from mvf.errors import MvfError
+from mvf.train.config import load_train_config
+from mvf.train.loop import train
 
 
 def add_parser(sub) -> None:
@@ -22,16 +27,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mvf.errors import MvfError
-    from mvf.train.config import load_train_config
-    from mvf.train.loop import train
-
     if args.steps is not None and args.steps < 0:
         raise MvfError(f"--steps {args.steps}: must be >= 0")
     cfg = load_train_config(args.config, args.overrides)
     summary = train(cfg, args.out, resume=args.resume, max_steps=args.steps, quiet=args.quiet)
-    import os
-
     if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
         val = summary["validation"] or {}
         line = (f"trained {summary['steps_run']} steps (now at {summary['step']}/{summary['total_steps']}) "

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mvf.data.caps import HoleCaps
 from mvf.data.config import AlbedoConfig
 
 # Skin tones from lightest (t = 0) to darkest (t = 1), interpolated linearly.
@@ -147,8 +148,6 @@ class AlbedoFields:
 
 
 def _eye_loops(model):
-    from mvf.data.caps import HoleCaps
-
     return [c for c in HoleCaps.from_model(model).loops if c.kind == "eye"]
 
 

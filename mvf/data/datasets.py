@@ -29,6 +29,7 @@ from mvf.data.augment import AugmentConfig, augment_sample
 from mvf.data.format import LABELS_NAME, is_synth_dataset, read_index, read_labels, subject_complete, subject_files
 from mvf.errors import MvfError, file_error
 from mvf.fileio import find_view_image, read_image
+from mvf.recon.detect import read_landmark_file
 from renderer.views import VIEWS
 
 LANDMARK_SUFFIXES = (".pts", ".npy")
@@ -235,8 +236,6 @@ class UnlabelledTriplets(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
-        from mvf.recon.detect import read_landmark_file
-
         name, paths, lm_files = self.items[i]
         arrays = [read_image(p) for p in paths]
         shapes = {a.shape for a in arrays}

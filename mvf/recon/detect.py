@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mvf.errors import MvfError, file_error
+from mvf.fileio import write_bytes
 
 N_IBUG = 68
 N_MEDIAPIPE = 478
@@ -391,8 +392,6 @@ def _parse_pts(path: Path) -> np.ndarray:
 
 def write_pts(path: str | os.PathLike, points: np.ndarray) -> None:
     """Write ``(68, 2)`` mvf-frame points as an iBUG ``.pts`` file (1-based), atomically."""
-    from mvf.fileio import write_bytes
-
     p = np.asarray(points, dtype=np.float64)
     if p.shape != (N_IBUG, 2):
         raise ValueError(f"expected (68, 2) points, got {p.shape}")

@@ -10,38 +10,25 @@ are resized to the network's input size and its poses scaled back to crop pixels
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from mvf.errors import MvfError, file_error
+from mvf.errors import MvfError
 from mvf.face.model import FaceModel
 from mvf.face.landmarks import LandmarkProjector
-from mvf.net.network import MVFNet, build_network
+from mvf.net.checkpoint import LoadedModel
 from mvf.recon.crop import crop_image
 from mvf.recon.fit import FitConfig, FitResult, fit, fitted_landmarks, scale_poses
 from mvf.recon.refine import predict
 from mvf.recon.texture import Texture, TextureConfig, texture_from_views, uv_layout
 from mvf.recon.views import Views
-from mvf.train.checkpoint import load_checkpoint, load_model_state
-from mvf.train.config import TrainConfig, config_from_dict
 
 TEXTURE_SOURCE_MAX = 1024  # colours come from crops of the photo up to this size (px)
-
-
-@dataclass
-class LoadedModel:
-    net: MVFNet
-    face: FaceModel
-    cfg: TrainConfig
-    step: int
-    path: Path
 
 
 @dataclass
@@ -55,24 +42,6 @@ class Reconstruction:
     verts: np.ndarray  # (N, 3) mm
     landmarks: dict[str, np.ndarray] = field(default_factory=dict)  # view -> (68, 2) px
     seconds: float = 0.0
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Network + face model from a checkpoint; `MvfError` if corrupt or it doesn't fit."""
-    path = Path(path)
-    ckpt = load_checkpoint(path, map_location="cpu")
-    try:
-        cfg = config_from_dict(ckpt["config"])
-    except MvfError as e:
-        raise file_error(path, f"checkpoint carries an invalid config ({e})") from None
-    face = FaceModel.load(cfg.model.face_model, device=device)
-    trained_on = ckpt.get("face_model")
-    if trained_on and face.asset_id != "unknown" and trained_on != face.asset_id:
-        raise file_error(path, f"trained with face model {trained_on}, but the asset is {face.asset_id}")
-    model_cfg = dataclasses.replace(cfg.model, pretrained=None)  # weights come from the checkpoint
-    net = build_network(model_cfg, face)
-    load_model_state(net, ckpt["model"], path)
-    return LoadedModel(net.to(device).eval(), face, cfg, int(ckpt["step"]), path)
 
 
 @dataclass

@@ -21,7 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mvf.config import from_dict
+from mvf.data.config import SynthConfig
+from mvf.data.format import INDEX_NAME, is_synth_dataset, read_index
+from mvf.data.sampling import sample_expression, sample_identity, sample_views
 from mvf.errors import MvfError
+from mvf.face.model import FaceModel
 from mvf.losses.supervised import coefficient_prior, landmark_loss, param_loss, pose_loss, vertex_loss
 from renderer.views import VIEWS
 
@@ -31,10 +36,6 @@ VIRTUAL_ITEMS = 1_000_000  # the stream of sampled faces is indexed 0 .. VIRTUAL
 
 def synth_config_for(root: str | Path):
     """The generator settings of the dataset at ``root`` (its index.json), else the defaults."""
-    from mvf.config import from_dict
-    from mvf.data.config import SynthConfig
-    from mvf.data.format import INDEX_NAME, is_synth_dataset, read_index
-
     if not is_synth_dataset(root):
         return SynthConfig()
     settings = read_index(root)["generator"]  # names the file on problems
@@ -61,8 +62,6 @@ class FaceDraws(Dataset):
         return self.length
 
     def __getitem__(self, i: int) -> dict:
-        from mvf.data.sampling import sample_expression, sample_identity, sample_views
-
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(i)]))
         idc = sample_identity(self.cfg.identity, self.n_id, rng)
         exp = sample_expression(self.cfg.expression, self.exp_names, rng)
@@ -98,8 +97,6 @@ def geometry_dataset(req) -> Dataset:
     """Sampled faces with the generator settings of the stage's data root."""
     if not req.model_cfg.landmark_head:
         raise MvfError(f"stage '{req.stage.name}': a geometry stage needs model.landmark_head: true")
-    from mvf.face.model import FaceModel
-
     face = FaceModel.load(req.model_cfg.face_model)
     return FaceDraws(synth_config_for(req.stage.data.root), face.n_id, face.exp_names,
                      views=tuple(req.model_cfg.views), seed=req.seed)

@@ -33,15 +33,18 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mvf.config import to_dict
+from mvf.data import SynthDataset, split_subjects
 from mvf.errors import MvfError, file_error
-from mvf.face.model import FaceModel
 from mvf.face.landmarks import LandmarkProjector
+from mvf.face.model import FaceModel
+from mvf.fileio import write_image, write_json
 from mvf.losses.supervised import face_region
 from mvf.net.network import MVFNet, build_network
 from mvf.train import checkpoint as ckpt_io
 from mvf.train import ddp
 from mvf.train.config import LossWeights, StageConfig, TrainConfig
 from mvf.train.logs import RunLogger
+from mvf.train.selfsup_stage import training_sheets
 from mvf.train.stages import STAGE_KINDS, DataRequest, LossContext, StageKind, dataset_subjects, resolved
 from mvf.train.validation import evaluate, to_device
 
@@ -180,8 +183,6 @@ def build_context(cfg: TrainConfig, device: torch.device, net: MVFNet, face: Fac
 
 def split_validation(cfg: TrainConfig) -> tuple[list[str], list[str]]:
     """``(train, val)`` subject ids of the validation root."""
-    from mvf.data import split_subjects
-
     v = cfg.validation
     subjects = dataset_subjects(v.root)
     if v.val_fraction <= 0:
@@ -298,8 +299,6 @@ class Trainer:
         return plan
 
     def _val_loader(self) -> DataLoader:
-        from mvf.data import SynthDataset
-
         v = self.cfg.validation
         ds = SynthDataset(v.root, subjects=self.val_subjects, augment=None,
                           views=tuple(self.cfg.model.views), size=self.cfg.model.image_size)
@@ -510,8 +509,6 @@ class Trainer:
         ddp.broadcast_buffers(self.net, self.info)
         sums = ddp.gather_object(ddp.parameter_checksum(self.net), self.info)
         if self.info.is_main:
-            from mvf.fileio import write_json
-
             write_json(self.out / "ddp_sync.json", {"world": self.info.world, "step": self.step, "checksums": sums})
         if any(s != sums[0] for s in sums):
             raise MvfError(f"DDP ranks diverged by step {self.step}: parameter checksums {sums}")
@@ -523,9 +520,6 @@ class Trainer:
         Eval mode, no gradients and no RNG draws: training continues exactly as without it."""
         if not self.info.is_main:
             return
-        from mvf.fileio import write_image
-        from mvf.train.selfsup_stage import training_sheets
-
         source = self.val_loader.dataset if self.val_loader is not None else self.plan[0].dataset
         images = source[0]["images"]
         sheets = training_sheets(self.ctx, self.net, images, stage.cfg)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -36,24 +36,22 @@ import torch.nn.functional as tnf
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from mvf.data import UnlabelledTriplets
 from mvf.errors import MvfError
-from mvf.losses.supervised import coefficient_prior, landmark_loss
+from mvf.losses.flow import FlowEstimator, build_flow, flow_to_rgb
 from mvf.losses.selfsup import CrossViewConfig, CrossViewResult, cross_view_losses, inner_face_region
+from mvf.losses.supervised import coefficient_prior, landmark_loss
+from mvf.train.context import DataRequest, LossContext
 from mvf.train.schema import LossWeights, StageConfig
-
-if TYPE_CHECKING:
-    from mvf.losses.flow import FlowEstimator
-    from mvf.train.stages import DataRequest, LossContext
+from renderer.pictures import heat, view_sheets
 
 LOSS_TERMS = ("photometric", "flow", "landmark", "prior")
 
 
 # ----------------------------------------------------------------------------- data
-def selfsup_dataset(req: "DataRequest") -> Dataset:
+def selfsup_dataset(req: DataRequest) -> Dataset:
     """Unlabelled triplets of the stage's root at the model's views and size, minus the
     validation subjects when the root is the validation root."""
-    from mvf.data import UnlabelledTriplets
-
     st, m = req.stage, req.model_cfg
     if len(m.views) < 2:
         raise MvfError(f"stage '{st.name}': a self_supervised stage needs at least two views "
@@ -86,7 +84,7 @@ class CrossViewTools:
 
     pairs: list[tuple[int, int]]
     region: Tensor | None  # (F,) bool triangles, or None for all
-    flow_net: "FlowEstimator | None"
+    flow_net: FlowEstimator | None
 
 
 def view_pairs(views: Sequence[str], which: str) -> list[tuple[int, int]]:
@@ -100,11 +98,9 @@ def view_pairs(views: Sequence[str], which: str) -> list[tuple[int, int]]:
     raise MvfError(f"photo_pairs {which!r}: use 'all' or 'front'")
 
 
-def cross_view_tools(ctx: "LossContext", stage: StageConfig, views: Sequence[str],
+def cross_view_tools(ctx: LossContext, stage: StageConfig, views: Sequence[str],
                      with_flow: bool) -> CrossViewTools:
     """Pairs, region and flow estimator of ``stage`` (cached in ``ctx.extras``)."""
-    from mvf.losses.flow import build_flow
-
     key = ("self_supervised", stage.photo_pairs, stage.photo_region, tuple(views), with_flow, repr(stage.flow))
     tools = ctx.extras.get(key)
     if tools is None:
@@ -128,7 +124,7 @@ def at_photo_size(images: Tensor, poses: Tensor, size: int | None) -> tuple[Tens
     return flat.unflatten(0, images.shape[:2]), poses * scale
 
 
-def selfsup_terms(ctx: "LossContext", out: dict, batch: dict, weights: LossWeights, stage: StageConfig,
+def selfsup_terms(ctx: LossContext, out: dict, batch: dict, weights: LossWeights, stage: StageConfig,
                   views: Sequence[str]) -> tuple[dict[str, Tensor], CrossViewResult | None]:
     """Unweighted terms for network outputs ``out`` on an unlabelled ``batch`` (only those with
     a nonzero weight; ``photometric`` comes with ``flow``), and the cross-view result if run."""
@@ -151,7 +147,7 @@ def selfsup_terms(ctx: "LossContext", out: dict, batch: dict, weights: LossWeigh
     return terms, res
 
 
-def selfsup_loss(ctx: "LossContext", model: torch.nn.Module, batch: dict, weights: LossWeights,
+def selfsup_loss(ctx: LossContext, model: torch.nn.Module, batch: dict, weights: LossWeights,
                  stage: StageConfig) -> tuple[Tensor, dict[str, Tensor]]:
     """`mvf.train.stages.StageKind.compute_loss` of the self_supervised kind."""
     out = model(batch["images"])
@@ -179,9 +175,6 @@ def cross_view_panels(res: CrossViewResult, view_names: Sequence[str]) -> list[l
       (white = 0, saturated = the largest length in the mask), dark outside the mask.
 
     Pass as ``extra_panels`` to `renderer.pictures.view_sheets`."""
-    from mvf.losses.flow import flow_to_rgb
-    from renderer.pictures import heat
-
     n = len(view_names)
     panels: list[list[tuple[str, np.ndarray]]] = [[] for _ in range(n)]
     for p, (a, b) in enumerate(res.pairs):
@@ -209,8 +202,6 @@ def cross_view_sheets(images: Tensor, verts: Tensor, faces: Tensor, poses: Tenso
     images ``(V, 3, H, W)`` in [0, 1]; verts ``(N, 3)`` mm; faces ``(F, 3)``; poses ``(V, 6)``.
     Returns one uint8 ``(rows, cols, 3)`` sheet per view.
     """
-    from renderer.pictures import view_sheets
-
     res = cross_view_losses(images[None], verts[None], faces, poses[None], cfg or CrossViewConfig(),
                             flow_net=flow_net, pairs=pairs, backend=backend, region=region)
     extra = cross_view_panels(res, view_names)
@@ -218,7 +209,7 @@ def cross_view_sheets(images: Tensor, verts: Tensor, faces: Tensor, poses: Tenso
 
 
 @torch.no_grad()
-def training_sheets(ctx: "LossContext", net: torch.nn.Module, images: Tensor, stage: StageConfig) -> list[np.ndarray]:
+def training_sheets(ctx: LossContext, net: torch.nn.Module, images: Tensor, stage: StageConfig) -> list[np.ndarray]:
     """Sheets of the network's prediction for one sample ``(V, 3, S, S)`` with ``stage``'s
     cross-view settings (at its ``photo_size``); the network runs in eval mode (restored after)."""
     was_training = net.training

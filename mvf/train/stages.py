@@ -8,48 +8,21 @@ entry to `STAGE_KINDS` (plus its weights to `LossWeights`); the loop needs no ch
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch.utils.data import Dataset
 
+from mvf.data import SynthDataset
+from mvf.data.augment import augment_sample
+from mvf.data.datasets import item_generator
 from mvf.errors import MvfError, file_error
-from mvf.face.model import FaceModel
-from mvf.face.landmarks import LandmarkProjector
-from mvf.losses.supervised import (coefficient_prior, landmark_loss, param_loss,
-                        pose_loss, vertex_loss)
-from mvf.net.network import PoseNorm
+from mvf.losses.supervised import coefficient_prior, landmark_loss, param_loss, pose_loss, vertex_loss
 from mvf.train import geometry_stage, selfsup_stage
-from mvf.net.config import ModelConfig
+from mvf.train.context import DataRequest, LossContext
 from mvf.train.schema import LossWeights, StageConfig
-
-
-@dataclass
-class LossContext:
-    """What every loss function may need, built once per run on the training device.
-
-    ``extras`` holds per-kind state a stage kind caches for itself (e.g. a renderer).
-    """
-
-    face: FaceModel
-    projector: LandmarkProjector
-    pose_norm: PoseNorm
-    region: torch.Tensor  # face-region vertex ids (M,)
-    model_cfg: ModelConfig
-    device: torch.device
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class DataRequest:
-    """What a stage's dataset builder gets: the stage, the model's views/size and held-out subjects."""
-
-    stage: StageConfig
-    model_cfg: ModelConfig
-    exclude: dict[str, set[str]]  # resolved dataset root -> subjects reserved for validation
-    seed: int = 0  # augmentation seed for the dataset (draws also depend on epoch and index)
 
 
 LossFn = Callable[[LossContext, torch.nn.Module, dict, LossWeights, StageConfig],
@@ -95,8 +68,6 @@ def resolved(root: str | Path) -> str:
 # ----------------------------------------------------------------------------- supervised
 def supervised_dataset(req: DataRequest) -> Dataset:
     """Labelled synthetic triplets of the stage's root, minus the validation subjects."""
-    from mvf.data import SynthDataset
-
     d = req.stage.data
     subjects = dataset_subjects(d.root)
     held = req.exclude.get(resolved(d.root), set())
@@ -133,9 +104,6 @@ class CachedSamples(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int) -> dict:
-        from mvf.data.augment import augment_sample
-        from mvf.data.datasets import item_generator
-
         packed = self._cache.get(i)
         if packed is None:
             sample = self.base[i]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mvf.align import aligned_rmse
+from mvf.recon.refine import predict
 from renderer.rotations import euler_to_matrix
 
 
@@ -75,8 +76,6 @@ def evaluate(model: torch.nn.Module, loader, ctx, max_batches: int | None = None
     ``refine``: score the model's full prediction, its ``model.refine`` stage included
     (`mvf.recon.refine.predict`); otherwise the network's regression alone (cheaper, for training).
     """
-    from mvf.recon.refine import predict
-
     was_training = model.training
     model.eval()
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("rmse_mm", "rmse_sim_mm", "landmark_px", "pose_deg")}
