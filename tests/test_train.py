@@ -8,10 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.utils.tensorboard as tb
 
+import mvf.train.loop
 from conftest import ROOT, smoke_args
 from mvf.cli import main
-from mvf.train.logs import read_csv
+from mvf.train.logs import RunLogger, read_csv
 
 
 def _losses(run) -> list[float]:
@@ -55,9 +57,18 @@ def test_smoke_training_lowers_the_loss(tiny_synth, tmp_path):
     assert [int(r["step"]) for r in val] == [20, 30] and float(val[-1]["rmse_mm"]) > 0
 
 
-def test_resume_is_exact(tiny_synth, tmp_path):
+def test_resume_is_exact(tiny_synth, tmp_path, monkeypatch):
     """N steps straight == N/2 steps, stop, --resume, N/2 more: same losses, same weights and
-    optimiser state (with augmentation on, so its random draws must replay too)."""
+    optimiser state (with augmentation on, so its random draws must replay too); TensorBoard
+    purges the events after the resumed step."""
+    purges = []
+
+    class Logger(RunLogger):
+        def __init__(self, *args, purge_step=None, **kwargs):
+            purges.append(purge_step)
+            super().__init__(*args, purge_step=purge_step, **kwargs)
+
+    monkeypatch.setattr(mvf.train.loop, "RunLogger", Logger)
     extra = ["--set", "log_every=1", "--set", "checkpoint_every=100", "--set", "validation.every_steps=4",
              "--set", "stages.0.data.augment={}"]
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -66,6 +77,7 @@ def test_resume_is_exact(tiny_synth, tmp_path):
     assert main(smoke_args(tiny_synth, split, "--steps", "6", "--resume", *extra)) == 0
     a, b = _losses(straight), _losses(split)
     assert len(a) == 6 and a == b  # bit-identical
+    assert purges == [None, None, 4]  # straight, split, resumed after step 3
     ca = torch.load(straight / "last.pt", weights_only=True)
     cb = torch.load(split / "last.pt", weights_only=True)
     assert ca["step"] == cb["step"] == 6
@@ -234,10 +246,6 @@ def test_geometry_stage_needs_the_landmark_head(tiny_synth, tmp_path, capsys):
 
 def test_resumed_tensorboard_purges_later_events(tmp_path, monkeypatch):
     """On resume the SummaryWriter gets purge_step = resumed step + 1 (no stale events)."""
-    import torch.utils.tensorboard as tb
-
-    from mvf.train.logs import RunLogger
-
     seen = {}
 
     class Writer:
