@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import imageio.v3 as iio
 
 from mvf.errors import file_error
 
@@ -51,8 +52,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as ``(H, W, 3)`` uint8 RGB; `MvfError` naming the file if it can't be read."""
-    import imageio.v3 as iio
-
     path = Path(path)
     if not path.is_file():
         raise file_error(path, "image not found")
@@ -72,8 +71,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write ``(H, W, 3|4)`` uint8 or float-in-[0,1] image atomically (format from the suffix)."""
-    import imageio.v3 as iio
-
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

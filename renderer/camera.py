@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
+from pytorch3d.renderer import OrthographicCameras
 
 from renderer.rotations import euler_to_matrix
 
@@ -119,8 +120,6 @@ def to_pytorch3d(pose: torch.Tensor, image_size: tuple[int, int]):
         left and +z away from the camera), with ``focal = 2 f / min(H, W)`` and the principal
         point at ``tx, ty`` converted to NDC. Its z-buffer equals `project_with_depth`'s depth.
     """
-    from pytorch3d.renderer import OrthographicCameras
-
     pose = pose.reshape(-1, 6)
     h, w = image_size
     s = float(min(h, w))

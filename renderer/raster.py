@@ -35,7 +35,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
 from pytorch3d.renderer.mesh.rasterizer import Fragments
+from pytorch3d.structures import Meshes
 
 from renderer.camera import project_with_depth, to_pytorch3d
 from renderer.errors import RendererError
@@ -144,9 +146,6 @@ def rasterize_pix_to_face(verts: torch.Tensor, faces: torch.Tensor, poses: torch
 def _rasterize_pytorch3d(verts: torch.Tensor, faces: torch.Tensor, poses: torch.Tensor,
                          image_size: tuple[int, int]) -> Fragments:
     """PyTorch3D's `MeshRasterizer` with `to_pytorch3d` cameras (float32)."""
-    from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
-    from pytorch3d.structures import Meshes
-
     n, f = verts.shape[0], faces.shape[0]
     verts32 = verts.float()
     meshes = Meshes(verts=verts32, faces=faces[None].expand(n, f, 3))

@@ -5,7 +5,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+from pytorch3d.renderer import BlendParams, DirectionalLights, HardPhongShader, TexturesVertex
 from pytorch3d.renderer.mesh.rasterizer import Fragments
+from pytorch3d.structures import Meshes
 
 from renderer.camera import to_pytorch3d
 from renderer.errors import RendererError
@@ -30,8 +32,6 @@ class Lights:
 
 def _pytorch3d_lights(lights: Lights, device: torch.device, dtype: torch.dtype) -> list[Any]:
     """One PyTorch3D `DirectionalLights` per directional light (ambient on the first only)."""
-    from pytorch3d.renderer import DirectionalLights
-
     def t(x):
         return torch.as_tensor(x, dtype=dtype, device=device).reshape(1, 3)
 
@@ -67,9 +67,6 @@ def render(
         ``(N, H, W, 4)`` RGBA in [0, 1]; alpha is the coverage mask. Differentiable with
         respect to ``verts``, ``colours`` and ``poses``.
     """
-    from pytorch3d.renderer import BlendParams, HardPhongShader, TexturesVertex
-    from pytorch3d.structures import Meshes
-
     image_size = parse_image_size(image_size)
     verts, poses = flatten_views(verts, poses)
     n = verts.shape[0]

@@ -10,9 +10,11 @@ vertices, so they follow the surface under any identity, expression or pose.
 """
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from mvf.data.caps import HoleCaps
 from mvf.data.config import AlbedoConfig
@@ -83,8 +85,6 @@ class AlbedoFields:
     @classmethod
     def from_model(cls, model) -> "AlbedoFields":
         """Fields for ``model`` (a `FaceModel`), from its mean shape and iBUG landmarks."""
-        from scipy.spatial import cKDTree
-
         pos = model.mean.cpu().numpy().astype(np.float64)
         lm = pos[model.landmarks.cpu().numpy()]
         x, y, z = pos[:, 0], pos[:, 1], pos[:, 2]
@@ -176,8 +176,6 @@ def _spots(pos: np.ndarray, weight: np.ndarray, count: int, radius: tuple[float,
     centres = rng.choice(len(pos), size=count, p=weight / weight.sum())
     radii = rng.uniform(*radius, size=count)
     if tree is None:
-        from scipy.spatial import cKDTree
-
         tree = cKDTree(pos)
     for c, r in zip(centres, radii):
         near = np.asarray(tree.query_ball_point(pos[c], 3.5 * r), np.int64)
@@ -197,8 +195,6 @@ class AlbedoSample:
 
 def _cloth_colour(rng: np.random.Generator) -> np.ndarray:
     """A garment colour: muted or saturated, dark to light."""
-    import colorsys
-
     return np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.8), rng.uniform(0.08, 0.9)))
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from PIL import Image, UnidentifiedImageError
 
 from mvf.data.augment import AugmentConfig, augment_sample
 from mvf.data.format import LABELS_NAME, is_synth_dataset, read_index, read_labels, subject_complete, subject_files
@@ -169,8 +170,6 @@ def _landmark_file(folder: Path, view: str) -> Path | None:
 
 def _check_image(path: Path) -> None:
     """`MvfError` naming ``path`` unless it opens as an image (header and checksums)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             im.verify()

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
 from mvf.config import to_dict
 from mvf.data import SynthDataset, split_subjects
@@ -433,8 +434,6 @@ class Trainer:
     # -- the run
     def run(self) -> dict:
         """Train to the end of the last stage (or ``max_steps`` global steps); returns a summary."""
-        from tqdm import tqdm
-
         cap = self.max_steps
         bar = tqdm(total=self.total_steps if cap is None else min(cap, self.total_steps), initial=self.step,
                    unit="step", dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
