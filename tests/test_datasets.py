@@ -13,18 +13,12 @@ from mvf.data import AugmentConfig, SynthDataset, UnlabelledTriplets, augment_sa
 from mvf.data.augment import Similarity
 from mvf.data.format import FORMAT_VERSION, write_index, write_subject
 from mvf.errors import MvfError
-from mvf.face.model import FaceModel
 from mvf.fileio import write_image
 from mvf.recon.detect import write_pts
 
 SIZE = 64
 MARKED = [8, 30, 36, 45, 48, 54]  # well separated landmarks drawn as bright dots
 NO_COLOUR = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, p_blur=0.0, p_noise=0.0)
-
-
-@pytest.fixture(scope="module")
-def model() -> FaceModel:
-    return FaceModel.load()
 
 
 def _dots(points: np.ndarray, size: int, sigma: float = 1.2) -> np.ndarray:

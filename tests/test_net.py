@@ -8,23 +8,10 @@ from mvf.net.backbones import build_backbone
 from renderer.camera import project
 from renderer.rotations import euler_to_matrix
 from mvf.errors import MvfError
-from mvf.face.model import FaceModel
 from mvf.net.network import FACE_FILL, PoseNorm, build_network
 from mvf.net.config import ModelConfig
 
-
-@pytest.fixture(scope="module")
-def face() -> FaceModel:
-    return FaceModel.load()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is faster than two on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(face, **kw):

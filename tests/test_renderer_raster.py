@@ -8,16 +8,11 @@ import torch
 
 from renderer.camera import make_pose, project, project_with_depth
 from renderer.errors import RendererError
-from mvf.face.model import DEFAULT_ASSET, FaceModel
+from mvf.face.model import DEFAULT_ASSET
 from renderer import RendererConfig, rasterize, resolve_backend, surface_points
 from renderer.raster import fast_pix_to_face, fragments_from_pix_to_face
 
 needs_model = pytest.mark.skipif(not DEFAULT_ASSET.is_file(), reason="face model asset not built")
-
-
-@pytest.fixture(scope="module")
-def face():
-    return FaceModel.load()
 
 
 def face_pose(size: tuple[int, int], pitch=0.0, yaw=0.0, roll=0.0, scale=0.62):
