@@ -93,12 +93,8 @@ def test_inference_does_not_import_training():
     assert not bad, "mvf/net and mvf/recon must not import mvf.train:\n" + "\n".join(bad)
 
 
-def test_no_module_level_import_cycles():
-    graph: dict[str, set[str]] = {}
-    modules = all_modules()
-    for i in all_imports():
-        if not i.in_function and i.target in modules and i.target != i.source:
-            graph.setdefault(i.source, set()).add(i.target)
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Cycles of a directed graph found by depth-first search, each as ``[a, b, ..., a]``."""
     cycles: list[list[str]] = []
     state: dict[str, int] = {}  # 1 = on the stack, 2 = done
     stack: list[str] = []
@@ -114,9 +110,19 @@ def test_no_module_level_import_cycles():
         stack.pop()
         state[node] = 2
 
-    for node in sorted(modules):
+    for node in sorted(graph):
         if node not in state:
             dfs(node)
+    return cycles
+
+
+def test_no_module_level_import_cycles():
+    modules = all_modules()
+    graph: dict[str, set[str]] = {}
+    for i in all_imports():
+        if not i.in_function and i.target in modules and i.target != i.source:
+            graph.setdefault(i.source, set()).add(i.target)
+    cycles = find_cycles(graph)
     assert not cycles, "module-level import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
@@ -132,9 +138,11 @@ def test_no_function_level_internal_imports():
 
 
 def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
-    """The reader itself: a function-level import and a relative import are both found."""
+    """The checker itself: function-level and relative imports are read, cycles are found."""
     src = tmp_path / "mod.py"
     src.write_text("from . import sibling\n\ndef f():\n    from mvf.train import loop\n")
     found = imports_of("renderer.mod", src, {"renderer.sibling": src, "mvf.train.loop": src})
     assert Import("renderer.mod", "renderer.sibling", 1, False) in found
     assert Import("renderer.mod", "mvf.train.loop", 4, True) in found
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
