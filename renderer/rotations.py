@@ -36,16 +36,6 @@ def matrix_to_euler(rot: torch.Tensor) -> torch.Tensor:
     return torch.stack([alpha, beta, gamma], -1)
 
 
-def euler_deg_to_matrix_np(angles_deg) -> np.ndarray:
-    """numpy `euler_to_matrix`: ``(..., 3)`` (pitch, yaw, roll) degrees -> ``(..., 3, 3)`` float64."""
-    return euler_to_matrix(torch.from_numpy(np.radians(np.asarray(angles_deg, np.float64)))).numpy()
-
-
-def matrix_to_euler_deg_np(rot: np.ndarray) -> np.ndarray:
-    """numpy `matrix_to_euler`: ``(..., 3, 3)`` -> ``(..., 3)`` (pitch, yaw, roll) degrees, float64."""
-    return np.degrees(matrix_to_euler(torch.from_numpy(np.asarray(rot, np.float64))).numpy())
-
-
 def rotation_derivatives(angles: torch.Tensor) -> torch.Tensor:
     """``(..., 3, 3, 3)``: d R / d alpha, d R / d beta, d R / d gamma of `euler_to_matrix` at
     ``angles`` ``(..., 3)`` radians (``R = Rz(γ) Ry(β) Rx(α)``)."""
@@ -60,3 +50,13 @@ def rotation_derivatives(angles: torch.Tensor) -> torch.Tensor:
     ry, dry = mat(cb, zero, sb, zero, one, zero, -sb, zero, cb), mat(-sb, zero, cb, zero, zero, zero, -cb, zero, -sb)
     rz, drz = mat(cg, -sg, zero, sg, cg, zero, zero, zero, one), mat(-sg, -cg, zero, cg, -sg, zero, zero, zero, zero)
     return torch.stack([rz @ ry @ drx, rz @ dry @ rx, drz @ ry @ rx], -3)
+
+
+def euler_deg_to_matrix_np(angles_deg) -> np.ndarray:
+    """numpy `euler_to_matrix`: ``(..., 3)`` (pitch, yaw, roll) degrees -> ``(..., 3, 3)`` float64."""
+    return euler_to_matrix(torch.from_numpy(np.radians(np.asarray(angles_deg, np.float64)))).numpy()
+
+
+def matrix_to_euler_deg_np(rot: np.ndarray) -> np.ndarray:
+    """numpy `matrix_to_euler`: ``(..., 3, 3)`` -> ``(..., 3)`` (pitch, yaw, roll) degrees, float64."""
+    return np.degrees(matrix_to_euler(torch.from_numpy(np.asarray(rot, np.float64))).numpy())
