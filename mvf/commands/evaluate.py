@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import argparse
 
+from mvf.errors import MvfError
+from mvf.evaluation.micc import evaluate_meshes, format_table, read_landmarks_3d
+from mvf.face.model import FaceModel
+from mvf.fileio import write_json
+from mvf.io import check_mesh_suffix, load_mesh, save_mesh
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -35,11 +41,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mvf.errors import MvfError
-    from mvf.evaluation.micc import evaluate_meshes, format_table, read_landmarks_3d
-    from mvf.fileio import write_json
-    from mvf.io import check_mesh_suffix, load_mesh, save_mesh
-
     if args.crop_radius <= 0:
         raise MvfError(f"--crop-radius {args.crop_radius:g}: must be positive")
     if args.icp_iters < 1:
@@ -72,9 +73,6 @@ def model_landmarks(pred_path, vertices, model_path=None):
 
     `MvfError` when the prediction's vertex count is not the model's.
     """
-    from mvf.errors import MvfError
-    from mvf.face.model import FaceModel
-
     model = FaceModel.load(model_path)
     if len(vertices) != model.n_verts:
         raise MvfError(f"{pred_path}: {len(vertices)} vertices, not the face model's {model.n_verts}; "

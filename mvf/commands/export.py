@@ -4,6 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
+from mvf.face.model import FaceModel
+from mvf.face.params import load_params, random_params
+from mvf.fileio import atomic_path, read_image
+from mvf.io import check_mesh_suffix, save_mesh
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -24,13 +31,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from mvf.face.model import FaceModel
-    from mvf.fileio import atomic_path, read_image
-    from mvf.io import check_mesh_suffix, save_mesh
-    from mvf.face.params import load_params, random_params
-
     out = Path(args.out)
     suffix = check_mesh_suffix(out, write=True)
     model = FaceModel.load(args.model)

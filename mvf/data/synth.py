@@ -41,6 +41,8 @@ from mvf.data.format import (
 from mvf.data.sampling import SubjectDraw, sample_distractor, sample_subject
 from mvf.errors import MvfError
 from renderer.views import VIEWS
+from renderer import interpolate_vertex_attr, rasterize
+from renderer.config import check_backend
 
 REFERENCE_SIZE = 224  # blur sigmas in the config are pixels at this size
 VIS_TOL_MM = 1.5
@@ -135,8 +137,6 @@ class SynthGenerator:
     """Renders subjects of one model with one config at one image size."""
 
     def __init__(self, cfg: SynthConfig, model, size: int = 224, backend: str = "auto"):
-        from renderer.config import check_backend
-
         check_backend(backend)
         if size < 16:
             raise MvfError(f"--size {size}: images must be at least 16 px")
@@ -204,8 +204,6 @@ class SynthGenerator:
 
     def _raster(self, all_v: torch.Tensor, colours: torch.Tensor, poses: torch.Tensor, size: int, views: int):
         """Rasterize ``views`` poses per scene: fragments, RGB ``(N, H, W, 3)``, alpha, face mask."""
-        from renderer import interpolate_vertex_attr, rasterize
-
         b, nt = all_v.shape[:2]
         vv = all_v[:, None].expand(b, views, nt, 3).reshape(b * views, nt, 3)
         cv = colours[:, None].expand(b, views, nt, 3).reshape(b * views, nt, 3)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from mvf.errors import MvfError, file_error
+from mvf.face.contour import build_contour_lines
 from mvf.face.landmarks import LandmarkProjector, LandmarkSet, ibug68_set
 from mvf.io.obj import read_polygons, read_vertices, triangulate
 
@@ -119,8 +120,6 @@ def _contour_lines(mean_mm: np.ndarray, landmarks: np.ndarray, faces: np.ndarray
     Built by `mvf.face.contour.build_contour_lines`: per jawline landmark, a dense line of vertices at
     its height on its side, ordered from the front of the face round to the back.
     """
-    from mvf.face.contour import build_contour_lines
-
     lines = build_contour_lines(torch.from_numpy(mean_mm), torch.from_numpy(faces), torch.from_numpy(landmarks))
     return lines.numpy().astype(np.int64)
 

@@ -19,6 +19,9 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
+from mvf.errors import MvfError
+from mvf.face.mesh import vertex_normals
+from renderer import sample_pairs, warp_geometry
 
 
 @dataclass
@@ -49,8 +52,6 @@ class CrossViewConfig:
     highpass_px: float = 0.0
 
     def __post_init__(self) -> None:
-        from mvf.errors import MvfError
-
         if self.photometric not in PHOTOMETRIC:
             raise MvfError(f"config key 'photometric': {self.photometric!r} is not one of {list(PHOTOMETRIC)}")
         if self.normalise not in NORMALISE:
@@ -195,8 +196,6 @@ def cross_view_losses(images: Tensor, verts: Tensor, faces: Tensor, poses: Tenso
         region: optional ``(F,)`` bool, the triangles the losses may use (e.g. `inner_face_region`:
             without the scalp, ears and neck, which hair and clothes hide in real photos).
     """
-    from renderer import sample_pairs, warp_geometry
-
     v = images.shape[1]
     if pairs is None:
         pairs = [(a, b) for a in range(v) for b in range(v) if a != b]
@@ -234,8 +233,6 @@ def inner_face_region(model, forehead_mm: float = 15.0) -> Tensor:
     the jawline (landmarks 0-16) and the brows (17-26) raised by ``forehead_mm``, and faces
     forwards (normal z > 0); a triangle belongs when all three of its vertices do.
     """
-    from mvf.face.mesh import vertex_normals
-
     mean = model.mean.detach().cpu()
     lm = mean[model.landmarks.cpu()]
     poly = torch.cat([lm[0:17, :2], lm[17:27, :2].flip(0) + torch.tensor([0.0, forehead_mm])])
