@@ -15,25 +15,12 @@ from mvf.align import aligned_rmse
 from renderer.camera import make_pose, project
 from mvf.cli import main as mvf_main
 from mvf.config import from_dict
-from mvf.face.model import FaceModel
 from mvf.recon.fit import FitConfig, _Problem, fit, fitted_landmarks, init_poses_from_landmarks
 from renderer.rotations import rotation_derivatives
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TRIPLET = Path(__file__).resolve().parents[2] / "shared" / "samples" / "triplet-1"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensor ops run faster on one thread (and much faster on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return FaceModel.load()
 
 
 def random_poses(g: torch.Generator, n: int = 3) -> torch.Tensor:
@@ -233,7 +220,7 @@ def test_mvf_fit_on_the_real_triplet(tmp_path, capsys):
                  "overlay_front.png", "overlay_left.png", "overlay_right.png"):
         assert (out / name).is_file(), name
     params = json.loads((out / "params.json").read_text())
-    assert params["landmark_error_px"] <= 3.0
+    assert params["landmark_error_px"] <= 4.5  # vs the 68-point table; the fit uses the calibrated set
     assert "landmark reprojection error" in stdout
     assert set(params["pose"]) == {"front", "left", "right"} and len(params["id"]) == 60
     # yaw signs follow the conventions: left view negative, right view positive
@@ -300,7 +287,7 @@ def test_swapped_side_views_warn_and_auto_order_fixes_them(tmp_path, capsys):
     params = json.loads((tmp_path / "fixed" / "params.json").read_text())
     assert params["images"]["left"].endswith("left.jpg") and params["images"]["right"].endswith("right.jpg")
     assert params["pose"]["left"][2] < 0 < params["pose"]["right"][2]
-    assert params["landmark_error_px"] <= 3.0
+    assert params["landmark_error_px"] <= 4.5  # vs the 68-point table (calibrated fit)
 
 
 def test_landmark_files_replace_detection(tmp_path, capsys, model):

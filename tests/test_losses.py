@@ -11,24 +11,12 @@ from mvf.align import aligned_rmse, procrustes
 from renderer.camera import make_pose
 from renderer.rotations import euler_to_matrix
 from mvf.face.landmarks import LandmarkProjector
-from mvf.face.model import FaceModel
 from mvf.losses.supervised import coefficient_prior, face_region, landmark_loss, param_loss, pose_loss, vertex_loss
 from mvf.net.network import PoseNorm
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 S = 128
-
-
-@pytest.fixture(scope="module")
-def face() -> FaceModel:
-    return FaceModel.load()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -18,21 +18,10 @@ from mvf.recon.pipeline import reconstruct, texture_sources
 from mvf.recon.texture import sample_images
 from mvf.recon.views import detect_views
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VIEWS = ("front", "left", "right")
 UP = 3  # the 'photos' are the 224 px renders enlarged 3x
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return FaceModel.load()
 
 
 @pytest.fixture(scope="module")

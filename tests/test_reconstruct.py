@@ -13,13 +13,7 @@ from mvf.errors import MvfError
 from mvf.face.model import FaceModel
 from mvf.fileio import read_image
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

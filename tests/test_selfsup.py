@@ -7,7 +7,6 @@ import torch
 
 from mvf.align import aligned_rmse
 from renderer.camera import make_pose, project, project_with_depth
-from mvf.face.model import FaceModel
 from mvf.recon.fit import FitConfig, fit
 from mvf.losses.selfsup import (
     CrossViewConfig, cross_view_losses, inner_face_region, masked_blur, match_colours, photometric_loss,
@@ -16,19 +15,7 @@ from mvf.losses.selfsup import (
 from renderer import Lights, render
 from renderer.textures import smooth_random_colours
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensor ops run faster on one thread (and much faster on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return FaceModel.load()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic_views(model, size: int, angles_deg: list[tuple[float, float, float]], seed: int = 0,

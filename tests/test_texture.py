@@ -12,14 +12,7 @@ from mvf.io import load_mesh, save_mesh
 from mvf.recon.texture import TextureConfig, push_pull_fill, uv_texture, vertex_colours
 from renderer import Lights, render
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensor ops run faster on one thread (and much faster on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
