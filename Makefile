@@ -5,10 +5,11 @@ BIN     := $(VENV)/bin
 PIP     := $(BIN)/pip
 STAMP   := $(VENV)/.mvf-installed
 ASSET   := assets/face_model.npz
+LMSET   := assets/mediapipe_landmarks.npz
 
 .PHONY: setup run test asset clean
 
-setup: $(STAMP) $(ASSET)
+setup: $(STAMP) $(ASSET) $(LMSET)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,7 +18,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(ASSET): $(STAMP)
-	$(BIN)/mvf build-model
+	$(BIN)/mvf build-model --no-landmarks
+
+# the calibrated mediapipe landmark set (a few minutes: renders + detection, deterministic)
+$(LMSET): $(ASSET)
+	$(BIN)/mvf build-model --landmarks-only
 
 asset: $(STAMP)
 	$(BIN)/mvf build-model

@@ -8,7 +8,10 @@
 4. reconstruct the held-out synthetic triplet with the trained network;
 5. export the mesh;
 6. write the per-view visibility renders and a short report (landmark px, RMSE mm vs the truth);
-7. reconstruct the real photo triplet ../shared/samples/triplet-1 by test-time fitting.
+7. reconstruct the real photo triplet ../shared/samples/triplet-1 (mediapipe, calibrated
+   landmarks, test-time fitting) and render its turntable;
+8. tools/bench_real.py on BENCH_SUBJECTS subjects of its *test* set at 224 and 512 px (the real
+   detector in the loop: mean face, 3 views, front only) and on the scan-lps check case.
 """
 from __future__ import annotations
 
@@ -28,6 +31,24 @@ TRAIN_SUBJECTS = 400
 HELD_OUT_SUBJECTS = 8
 HELD_OUT_SEED = 4242
 TRIPLET = ROOT.parent / "shared" / "samples" / "triplet-1"
+BENCH_SUBJECTS = int(os.environ.get("MVF_BENCH_SUBJECTS", "6"))  # the full benchmark uses 14
+
+
+def bench_json(tool: str, *args: str) -> dict:
+    """Run ``tools/<tool>.py ... --json``, echoing it; its JSON, or stop the job if it fails."""
+    cmd = [sys.executable, str(ROOT / "tools" / f"{tool}.py"), *args, "--json"]
+    print("\n$ " + " ".join(cmd[1:]), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        sys.exit(f"make run: step failed: {tool}: {last}")
+    return json.loads(proc.stdout)
+
+
+def real_benchmark() -> dict:
+    """`tools/bench_real.py` on the test set (no choice is made on it) and scan-lps."""
+    return bench_json("bench_real", "--sets", "test", "--subjects", str(BENCH_SUBJECTS),
+                      "--data", str(OUT / "data" / "bench_real"))
 
 
 def mvf(*args: str) -> None:
@@ -63,20 +84,14 @@ def report(recon: Path, subject_dir: Path) -> dict:
 
 
 def heldout_accuracy(checkpoint: Path, held: Path) -> dict:
-    """`tools/bench_accuracy.py --json` on the held-out folder."""
-    cmd = [sys.executable, str(ROOT / "tools" / "bench_accuracy.py"), "--checkpoint", str(checkpoint),
-           "--data", str(held), "--subjects", str(HELD_OUT_SUBJECTS), "--size", "96", "--timing-runs", "2", "--json"]
-    print("\n$ " + " ".join(cmd[1:]), flush=True)
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        sys.exit(f"make run: step failed: bench_accuracy: {last}")
-    return json.loads(proc.stdout)
+    """`tools/bench_accuracy.py` on the held-out folder."""
+    return bench_json("bench_accuracy", "--checkpoint", str(checkpoint), "--data", str(held),
+                      "--subjects", str(HELD_OUT_SUBJECTS), "--size", "96", "--timing-runs", "2")
 
 
 def main() -> None:
     OUT.mkdir(exist_ok=True)
-    if not (ROOT / "assets" / "face_model.npz").is_file():
+    if not (ROOT / "assets" / "face_model.npz").is_file() or not (ROOT / "assets" / "mediapipe_landmarks.npz").is_file():
         mvf("build-model")
     data, held = OUT / "data" / "synth", OUT / "data" / "heldout"
     mvf("synth", "--out", str(data), "--subjects", str(TRAIN_SUBJECTS), "--seed", "0", "--size", "96", "--quiet")
@@ -110,12 +125,32 @@ def main() -> None:
     if TRIPLET.is_dir():
         mvf("reconstruct", "--images", str(TRIPLET), "--out", str(OUT / "recon_triplet1"))
         real = json.loads((OUT / "recon_triplet1" / "params.json").read_text())
+        turntable = [sys.executable, str(ROOT / "tools" / "turntable.py"), "--mesh",
+                     str(OUT / "recon_triplet1" / "mesh.obj"), "--out", str(OUT / "turntable_triplet1.png")]
+        print("\n$ " + " ".join(turntable[1:]), flush=True)
+        if subprocess.run(turntable, cwd=ROOT).returncode != 0:
+            sys.exit("make run: step failed: turntable")
         with open(OUT / "report.txt", "a") as fh:
-            fh.write(f"real triplet-1 (test-time fitting): landmark error {real['landmark_error_px']:.2f} px at 224 px\n")
+            fh.write(f"real triplet-1 ({real.get('landmarks', 'fit')}): landmark error "
+                     f"{real['landmark_error_px']:.2f} px at 224 px (vs the 68-point table); "
+                     f"turntable {OUT / 'turntable_triplet1.png'}\n")
+    bench = real_benchmark()
+    with open(OUT / "report.txt", "a") as fh:
+        fh.write(f"real detector in the loop (tools/bench_real.py, test set, {BENCH_SUBJECTS} subjects, "
+                 "face-region RMSE, rigid):\n")
+        for key, r in bench["sets"].items():
+            fh.write(f"  {key:22s} mean face {r['mean_face']:.2f} mm, 3 views {r['three_views']:.2f} mm "
+                     f"({100 * (r['three_views'] / r['mean_face'] - 1):+.0f}%), front only {r['front_only']:.2f} mm, "
+                     f"detector {r['det_px']:.1f} px, fit {r['fit_s']:.1f} s\n")
+        scan = bench.get("scan_lps", {})
+        if "rmse_mm" in scan:
+            fh.write(f"  scan-lps (mvf reconstruct defaults, mvf evaluate): {scan['rmse_mm']:.3f} mm "
+                     f"(mean face 1.834 mm), {scan['wall_s']:.1f} s wall\n")
     print("\n" + (OUT / "report.txt").read_text())
     print(f"make run: done. Outputs in {OUT}:\n"
           f"  {run} (checkpoints, metrics.csv, TensorBoard)\n  {recon} (textured mesh.obj, mesh.ply, params.json, overlays, timing.json)\n"
           f"  {OUT / 'visualize_synth'} (visibility sheets)\n  {OUT / 'recon_triplet1'} (real photos: textured mesh, overlays)\n"
+          f"  {OUT / 'turntable_triplet1.png'} (the real-photo reconstruction turning)\n"
           f"  {OUT / 'report.txt'}")
 
 

@@ -24,8 +24,10 @@ and poses (the discrete choice is not). The face model's iBUG-68 set is `ibug68_
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -333,3 +335,37 @@ def rim_search(verts: Tensor, normals: Tensor, poses: Tensor, lines: Tensor, sid
         own_out = torch.where(own_in_line, own_out, (own @ rot.transpose(1, 2))[..., 0] * side)
     moved = torch.isfinite(best_score) & (best_score > own_out) & (side != 0)[None]
     return best, moved
+
+
+def landmark_set_to_numpy(lset: LandmarkSet) -> dict[str, np.ndarray]:
+    """Arrays for an ``.npz`` (see `landmark_set_from_arrays`)."""
+    return {"faces": lset.faces.numpy().astype(np.int64), "bary": lset.bary.numpy().astype(np.float32),
+            "weights": lset.weights.numpy().astype(np.float32),
+            "rim_weights": lset.rim_weights.numpy().astype(np.float32),
+            "contour_lines": lset.contour_lines.numpy().astype(np.int64),
+            "contour_side": lset.contour_side.numpy().astype(np.float32),
+            "source_index": lset.source_index.numpy().astype(np.int64),
+            "min_facing": np.float32(lset.min_facing), "meta_json": np.asarray(json.dumps(lset.meta)),
+            **({} if lset.view_faces is None else {
+                "view_faces": lset.view_faces.numpy().astype(np.int64),
+                "view_bary": lset.view_bary.numpy().astype(np.float32),
+                "view_weights": lset.view_weights.numpy().astype(np.float32),
+                "yaw_edges_deg": lset.yaw_edges_deg.numpy().astype(np.float32)})}
+
+
+def landmark_set_from_arrays(arrays: dict) -> LandmarkSet:
+    """Inverse of `landmark_set_to_numpy`."""
+    opt = {k: torch.as_tensor(np.asarray(arrays[k]), dtype=dt) for k, dt in (
+        ("view_faces", torch.long), ("view_bary", torch.float32), ("view_weights", torch.float32),
+        ("yaw_edges_deg", torch.float32)) if k in arrays}
+    return LandmarkSet(
+        **opt,
+        faces=torch.as_tensor(np.asarray(arrays["faces"]), dtype=torch.long),
+        bary=torch.as_tensor(np.asarray(arrays["bary"]), dtype=torch.float32),
+        weights=torch.as_tensor(np.asarray(arrays["weights"]), dtype=torch.float32),
+        rim_weights=torch.as_tensor(np.asarray(arrays["rim_weights"]), dtype=torch.float32),
+        contour_lines=torch.as_tensor(np.asarray(arrays["contour_lines"]), dtype=torch.long),
+        contour_side=torch.as_tensor(np.asarray(arrays["contour_side"]), dtype=torch.float32),
+        source_index=torch.as_tensor(np.asarray(arrays["source_index"]), dtype=torch.long),
+        min_facing=float(arrays["min_facing"]),
+        meta=json.loads(str(arrays["meta_json"])) if "meta_json" in arrays else {})

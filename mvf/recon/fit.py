@@ -26,7 +26,7 @@ from torch import Tensor
 from renderer.camera import project
 from renderer.rotations import euler_to_matrix, matrix_to_euler, rotation_derivatives
 from mvf.errors import MvfError
-from mvf.face.landmarks import LandmarkProjector
+from mvf.face.landmarks import LandmarkProjector, LandmarkSet
 from mvf.losses.flow import FlowConfig, build_flow
 from mvf.losses.selfsup import CrossViewConfig, cross_view_losses, inner_face_region
 from mvf.losses.supervised import landmark_loss
@@ -34,6 +34,7 @@ from mvf.losses.supervised import landmark_loss
 NON_JAW = tuple(range(17, 68))
 PAIR_SETS = ("all", "front")  # every ordered pair, or front <-> each side view only
 REGIONS = ("inner_face", "all")
+LANDMARK_CHOICES = ("auto", "calibrated", "ibug68")
 
 
 @dataclass
@@ -69,6 +70,9 @@ class FitConfig:
     pose_step: scale of each pose entry's update per unit parameter (f relative to f, angles
         radians, t pixels), so one learning rate serves all.
     contour: jawline landmarks follow the silhouette (else fixed vertices).
+    landmarks: which landmarks detected photos are fitted with: "auto" (the calibrated mediapipe
+        set, `mvf.recon.calibrate`, when the asset exists; else the iBUG-68 table), "calibrated"
+        (required) or "ibug68". Landmark files (68 points) always use the iBUG-68 set.
     cross_view, flow: loss and flow-estimator settings of the cross-view phase.
     """
 
@@ -91,6 +95,7 @@ class FitConfig:
     w_net_prior: float = 0.0
     pose_step: tuple[float, ...] = (0.05, 0.05, 0.05, 0.05, 2.0, 2.0)
     contour: bool = True
+    landmarks: str = "auto"
     cross_view: "FitCrossViewConfig" = field(default_factory=lambda: FitCrossViewConfig())
     flow: FlowConfig = field(default_factory=FlowConfig)
 
@@ -104,6 +109,8 @@ class FitConfig:
             raise MvfError(f"config key 'photo_pairs': {self.photo_pairs!r} is not one of {list(PAIR_SETS)}")
         if self.photo_region not in REGIONS:
             raise MvfError(f"config key 'photo_region': {self.photo_region!r} is not one of {list(REGIONS)}")
+        if self.landmarks not in LANDMARK_CHOICES:
+            raise MvfError(f"config key 'landmarks': {self.landmarks!r} is not one of {list(LANDMARK_CHOICES)}")
         if len(self.pose_step) != 6:
             raise MvfError(f"config key 'pose_step': expected 6 numbers, got {len(self.pose_step)}")
 
@@ -359,7 +366,7 @@ def solve_landmarks(problem: _Problem, theta: Tensor, iterations: int, tol: floa
 
 def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
         cfg: FitConfig | None = None, init: dict | None = None, backend: str = "auto",
-        progress: bool = False) -> FitResult:
+        progress: bool = False, landmark_set: LandmarkSet | None = None) -> FitResult:
     """Fit the face model to one subject's views.
 
     Args:
@@ -370,6 +377,8 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
             crop pixels (e.g. the network's prediction; all its k identity modes are optimised if
             k > ``cfg.n_id``); otherwise the mean face and `init_poses_from_landmarks`.
         progress: show a progress bar over the cross-view steps (on a terminal).
+        landmark_set: the K points ``landmarks`` ``(V, K, 2)`` and ``visible`` ``(V, K)`` are of
+            (e.g. the calibrated mediapipe set); default the model's iBUG-68 set.
     Returns:
         `FitResult` with poses in crop pixels.
     """
@@ -380,7 +389,8 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
     vis = torch.ones(landmarks.shape[:2], device=dev) if visible is None else visible.to(dev).float()
     n_id = cfg.n_id if init is None else max(cfg.n_id, int(torch.as_tensor(init["id"]).numel()))
     # a network's extra id modes are kept
-    compact = LandmarkProjector(model, model.landmark_set(cfg.contour, cfg.w_jaw), n_id)
+    lset = model.landmark_set(cfg.contour, cfg.w_jaw) if landmark_set is None else landmark_set
+    compact = LandmarkProjector(model, lset, n_id)
     n_id, n_exp = compact.n_id, model.n_exp
     id0 = torch.zeros(n_id, device=dev)
     exp0 = torch.zeros(n_exp, device=dev)
@@ -390,6 +400,10 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
         id0[: given_id.numel()] = given_id
         exp0[: given_exp.numel()] = given_exp.clamp(0.0, 1.0)
         pose0 = torch.as_tensor(init["pose"], dtype=torch.float32, device=dev).reshape(n_views, 6)
+    elif landmark_set is not None:  # the closed-form start from the points that never move
+        fixed = tuple(torch.nonzero(~landmark_set.is_contour).squeeze(1).tolist())
+        pose0 = init_poses_from_landmarks(landmark_set.positions(model.mean.cpu()).to(dev), landmarks, vis,
+                                          use=fixed).to(dev)
     else:
         pose0 = init_poses_from_landmarks(model.landmarks_3d(model.mean), landmarks, vis).to(dev)
     step = torch.tensor(cfg.pose_step, device=dev, dtype=torch.float32)
@@ -406,7 +420,7 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
         theta = solve_landmarks(problem, theta, cfg.landmark_steps, cfg.landmark_tol, history)
     seconds["landmarks"] = time.perf_counter() - t0
 
-    if cfg.photo_steps > 0 and (cfg.w_photo > 0 or cfg.w_flow > 0):
+    if cfg.photo_steps > 0 and (cfg.w_photo > 0 or cfg.w_flow > 0) and n_views > 1:  # needs view pairs
         t0 = time.perf_counter()
         theta = _cross_view_phase(model, problem, theta, images, cfg, backend, history, progress)
         seconds["cross_view"] = time.perf_counter() - t0

@@ -22,6 +22,8 @@ from mvf.errors import MvfError
 from mvf.face.model import FaceModel
 from mvf.face.landmarks import LandmarkProjector
 from mvf.net.checkpoint import LoadedModel
+from mvf.face.landmarks import LandmarkSet
+from mvf.recon.calibrate import DEFAULT_SET, calibrated_fit_config, load_landmark_set
 from mvf.recon.crop import crop_image
 from mvf.recon.fit import FitConfig, FitResult, fit, fitted_landmarks, scale_poses
 from mvf.recon.refine import predict
@@ -29,19 +31,6 @@ from mvf.recon.texture import Texture, TextureConfig, texture_from_views, uv_lay
 from mvf.recon.views import Views
 
 TEXTURE_SOURCE_MAX = 1024  # colours come from crops of the photo up to this size (px)
-
-
-@dataclass
-class Reconstruction:
-    """A prediction: coefficients, the mesh (mm) and per-view poses in input-image pixels."""
-
-    views: tuple[str, ...]
-    id: np.ndarray  # (K_id,)
-    exp: np.ndarray  # (K_exp,)
-    pose: dict[str, np.ndarray]  # view -> (6,) f px/mm, alpha, beta, gamma rad, tx, ty px
-    verts: np.ndarray  # (N, 3) mm
-    landmarks: dict[str, np.ndarray] = field(default_factory=dict)  # view -> (68, 2) px
-    seconds: float = 0.0
 
 
 @dataclass
@@ -119,6 +108,25 @@ def texture_sources(views: Views, poses: Tensor, max_size: int = TEXTURE_SOURCE_
     return images, torch.stack(out_poses)
 
 
+def fit_targets(views: Views, face: FaceModel, cfg: FitConfig
+                ) -> tuple[Tensor, Tensor | None, LandmarkSet | None, FitConfig]:
+    """What the fit matches: ``(landmarks, visible, landmark_set, cfg)`` for `mvf.recon.fit.fit`.
+
+    Detected views use the calibrated mediapipe set (`mvf.recon.calibrate`, its points
+    ``(V, K, 2)`` crop px) and its tuned settings (`calibrated_fit_config`) unless
+    ``cfg.landmarks`` is "ibug68"; landmark files (and a missing asset under "auto") use the
+    68-point set ``(V, 68, 2)``.
+    """
+    if cfg.landmarks != "ibug68" and views.detector_points is not None:
+        lset = load_landmark_set(None, face)
+        if lset is not None:
+            return views.detector_points[:, lset.source_index], None, lset, calibrated_fit_config(cfg)
+        if cfg.landmarks == "calibrated":
+            raise MvfError(f"{DEFAULT_SET}: calibrated landmark set missing or built for another face "
+                           "model; run `mvf build-model`")
+    return views.landmarks, views.visible, None, cfg
+
+
 def reconstruct(views: Views, network: LoadedModel | None = None, fit_config: FitConfig | None = None,
                 face: FaceModel | None = None, texture_config: TextureConfig | None = None,
                 backend: str = "auto", progress: bool = False) -> Reconstruction:
@@ -146,8 +154,9 @@ def reconstruct(views: Views, network: LoadedModel | None = None, fit_config: Fi
         if views.landmarks is None:
             raise MvfError(f"{views.paths[0]}: fitting needs landmarks (detect them: --crop detect)")
         t = time.perf_counter()
-        result = fit(face, views.crops, views.landmarks, views.visible, fit_config, init=init,
-                     backend=backend, progress=progress)
+        targets, target_vis, lset, fit_config = fit_targets(views, face, fit_config)
+        result = fit(face, views.crops, targets, target_vis, fit_config, init=init,
+                     backend=backend, progress=progress, landmark_set=lset)
         for phase, sec in result.seconds.items():
             timing[f"fit_{phase}"] = sec
         timing["fit_setup"] = time.perf_counter() - t - sum(result.seconds.values())  # around the phases
@@ -160,6 +169,8 @@ def reconstruct(views: Views, network: LoadedModel | None = None, fit_config: Fi
         if result is None:
             landmarks = LandmarkProjector(face)(verts[None], poses[None])[0]
     info.update(init="network" if init is not None else "mean face + landmark poses",
+                landmarks=None if result is None else (
+                    "ibug68" if lset is None else f"calibrated {lset.meta.get('kind', '')} ({lset.n_points} points)"),
                 fit_steps=0 if result is None else len(result.history))
 
     t = time.perf_counter()

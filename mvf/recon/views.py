@@ -33,7 +33,9 @@ class Views:
     photos: the input images ``(H, W, 3)`` uint8; paths: their files. With landmarks (detected
     or from files): landmarks ``(V, 68, 2)`` crop px, visible ``(V, 68)`` and photo_landmarks
     ``(68, 2)`` photo px per view; None for framed inputs. cropped: crops were cut around the
-    landmarks (False: the inputs are the crops, resized at most).
+    landmarks (False: the inputs are the crops, resized at most). detector_points: the
+    detector's raw points ``(V, 478, 2)`` crop px, for the calibrated landmark set
+    (`mvf.recon.calibrate`); None when any view's landmarks came from a file.
     """
 
     names: tuple[str, ...]
@@ -46,6 +48,7 @@ class Views:
     photo_landmarks: list[np.ndarray] | None = None
     warnings: list[str] = field(default_factory=list)
     cropped: bool = False
+    detector_points: Tensor | None = None
 
 
 def add_view_arguments(p: argparse.ArgumentParser) -> None:
@@ -154,7 +157,7 @@ def detect_views(paths: dict[str, Path], size: int = 224, landmark_files: dict[s
             warnings.append("pass --auto-order to reassign the views")
     order = tuple(v for v in VIEWS if v in slot_of.values())
     given_for = {slot: given for given, slot in slot_of.items()}
-    crops, lm_crop, vis, transforms = [], [], [], []
+    crops, lm_crop, vis, transforms, raws = [], [], [], [], []
     for slot in order:
         given = given_for[slot]
         img, lm = photos[given], lms[given]
@@ -167,7 +170,10 @@ def detect_views(paths: dict[str, Path], size: int = 224, landmark_files: dict[s
             tf = framed.transforms[0]
         lm_crop.append(torch.from_numpy(np.asarray(tf.to_crop(lm.points), np.float32)))
         vis.append(torch.from_numpy(lm.visible.astype(np.float32)))
+        if lm.raw478 is not None:
+            raws.append(torch.from_numpy(np.asarray(tf.to_crop(lm.raw478[:, :2]), np.float32)))
         transforms.append(tf)
     return Views(order, torch.stack(crops), transforms, [photos[given_for[s]] for s in order],
                  [Path(paths[given_for[s]]) for s in order], torch.stack(lm_crop), torch.stack(vis),
-                 [lms[given_for[s]].points for s in order], warnings, crop)
+                 [lms[given_for[s]].points for s in order], warnings, crop,
+                 torch.stack(raws) if len(raws) == len(order) else None)

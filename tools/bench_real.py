@@ -1,0 +1,254 @@
+"""Accuracy of test-time fitting with the real detector in the loop, and on the scan-lps check case.
+
+    .venv/bin/python tools/bench_real.py [--subjects 14] [--sets tune test] [--sizes 224 512]
+        [--landmarks calibrated ibug68] [--set key=value ...] [--skip-scan] [--json]
+
+1. Synthetic triplets (`mvf synth`, default settings) at 224 and 512 px, a *tuning* set (seed
+   1000) and a *test* set (seed 2000), generated under ``data/bench_real/`` the first time.
+   Mediapipe (`mvf.recon.detect.LandmarkDetector`) runs on the rendered images (cached per set in
+   ``mediapipe478.npz``); the views are cropped like photos (`mvf.recon.views` / `mvf.recon.crop`) and
+   fitted as `mvf reconstruct` fits (`mvf.recon.pipeline.fit_targets`, `mvf.recon.fit.fit`) with the
+   calibrated mediapipe set (`mvf.recon.calibrate`) or the
+   iBUG-68 table. Per set: mean-face RMSE, 3-view and front-only fit RMSE (mm, face region,
+   rigid alignment, as training validation), detected-vs-true 68-point error (px in the images),
+   seconds per fit.
+2. scan-lps (``../shared/samples/scan-lps``): ``mvf reconstruct`` (default settings plus
+   ``--set``), ``mvf export --landmarks`` and ``mvf evaluate`` with both landmark files; RMSE mm
+   and the wall seconds of ``mvf reconstruct``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mvf.align import aligned_rmse  # noqa: E402
+from mvf.config import load_config  # noqa: E402
+from mvf.data.format import read_labels  # noqa: E402
+from mvf.errors import MvfError  # noqa: E402
+from mvf.face.model import FaceModel  # noqa: E402
+from mvf.fileio import read_image  # noqa: E402
+from mvf.losses.supervised import face_region  # noqa: E402
+from mvf.recon.calibrate import load_landmark_set  # noqa: E402
+from mvf.recon.crop import crop_image  # noqa: E402
+from mvf.recon.detect import LandmarkDetector, landmarks_from_raw478  # noqa: E402
+from mvf.recon.fit import FitConfig, fit  # noqa: E402
+from mvf.recon.pipeline import fit_targets  # noqa: E402
+from mvf.recon.views import Views  # noqa: E402
+from mvf.train.config import ValidationConfig  # noqa: E402
+from renderer.views import VIEWS  # noqa: E402
+
+SEEDS = {"tune": 1000, "test": 2000}
+SCAN = ROOT.parent / "shared" / "samples" / "scan-lps"
+CROP = 224
+
+
+def ensure_set(path: Path, subjects: int, seed: int, size: int) -> None:
+    """Generate a synthetic set with `mvf synth` unless it is complete."""
+    index = path / "index.json"
+    if index.is_file() and len(json.loads(index.read_text()).get("subjects", [])) >= subjects:
+        return
+    cmd = [sys.executable, "-m", "mvf", "synth", "--out", str(path), "--subjects", str(subjects),
+           "--seed", str(seed), "--size", str(size), "--quiet"]
+    if subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr).returncode != 0:
+        sys.exit(f"bench_real: `mvf synth` failed for {path}")
+
+
+def subject_dirs(path: Path, subjects: int) -> list[Path]:
+    names = json.loads((path / "index.json").read_text())["subjects"][:subjects]
+    return [path / (n if isinstance(n, str) else n["name"]) for n in names]
+
+
+def detections(path: Path, dirs: list[Path]) -> dict:
+    """Mediapipe's 478 points per subject and view, cached in ``path/mediapipe478.npz``:
+    ``raw`` ``(S, 3, 478, 3)`` (NaN where no face was found), ``seconds`` per image."""
+
+    cache = path / "mediapipe478.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        if z["raw"].shape[0] >= len(dirs):
+            return {"raw": z["raw"][: len(dirs)], "seconds": float(z["seconds"])}
+    raw = np.full((len(dirs), 3, 478, 3), np.nan)
+    t0 = time.perf_counter()
+    with LandmarkDetector() as det:
+        for i, d in enumerate(dirs):
+            for v, name in enumerate(VIEWS):
+                try:
+                    raw[i, v] = det.detect_raw(read_image(d / f"{name}.png"))
+                except MvfError:
+                    pass
+    seconds = (time.perf_counter() - t0) / (3 * len(dirs))
+    np.savez(cache, raw=raw, seconds=seconds)
+    return {"raw": raw, "seconds": seconds}
+
+
+@dataclass
+class Subject:
+    """One prepared triplet: crops ``(3, 3, S, S)``, 68-point crop landmarks and visibility, the 478
+    points in crop pixels, ground-truth vertices and true image-frame landmarks."""
+
+    name: str
+    crops: torch.Tensor
+    lm68: torch.Tensor
+    vis68: torch.Tensor
+    raw: torch.Tensor
+    gt: torch.Tensor
+    det_err_px: float
+
+
+def prepare(model, d: Path, raw: np.ndarray) -> Subject | None:
+    """Crop the views like `mvf.recon.views.detect_views` from cached detections."""
+
+    if not np.isfinite(raw).all():
+        return None
+    labels = read_labels(d / "labels.npz")
+    crops, lm68, vis68, raws, errs = [], [], [], [], []
+    for v, name in enumerate(VIEWS):
+        img = read_image(d / f"{name}.png")
+        lm = landmarks_from_raw478(raw[v], img.shape[:2])
+        cimg, tf = crop_image(img, lm.points, out_size=CROP)
+        crops.append(torch.from_numpy(np.array(cimg)).permute(2, 0, 1).float() / 255.0)
+        lm68.append(torch.from_numpy(np.asarray(tf.to_crop(lm.points), np.float32)))
+        vis68.append(torch.from_numpy(lm.visible.astype(np.float32)))
+        raws.append(torch.from_numpy(np.asarray(tf.to_crop(raw[v][:, :2]), np.float32)))
+        tv = labels["landmark_visible"][v].astype(bool)
+        errs.append(np.linalg.norm(lm.points - labels["landmarks"][v], axis=1)[tv])
+    gt = model.decode(torch.from_numpy(labels["id"])[None].float(), torch.from_numpy(labels["exp"])[None].float())[0]
+    return Subject(d.name, torch.stack(crops), torch.stack(lm68), torch.stack(vis68), torch.stack(raws), gt,
+                   float(np.concatenate(errs).mean()))
+
+
+def fit_subject(model, s: Subject, cfg, lset, views: tuple[int, ...]) -> tuple[torch.Tensor, float]:
+    """Fitted vertices ``(N, 3)`` of a subject from ``views`` and the fit's seconds."""
+
+    idx = list(views)
+    names = tuple(VIEWS[i] for i in idx)
+    # the views as `mvf reconstruct` hands them to the fit (`mvf.recon.pipeline.fit_targets`)
+    v = Views(names, s.crops[idx], [], [], [], s.lm68[idx], s.vis68[idx], None, [], True,
+              None if lset is None else s.raw[idx])
+    t0 = time.perf_counter()
+    targets, target_vis, used, fcfg = fit_targets(v, model, cfg)
+    res = fit(model, v.crops, targets, target_vis, fcfg, landmark_set=used)
+    secs = time.perf_counter() - t0
+    with torch.no_grad():
+        verts = model.decode(res.id[None], res.exp[None])[0]
+    return verts, secs
+
+
+def run_set(model, subjects: list[Subject], cfg, lset, region, front_only: bool = True) -> dict:
+    """Per-subject RMSEs (mean face, 3 views, front only), detection error and seconds."""
+
+    rows = {"mean_face": [], "three_views": [], "front_only": [], "det_px": [], "fit_s": []}
+    for s in subjects:
+        rows["mean_face"].append(float(aligned_rmse(model.mean[None], s.gt[None], region)[0]))
+        v3, secs = fit_subject(model, s, cfg, lset, (0, 1, 2))
+        rows["three_views"].append(float(aligned_rmse(v3[None], s.gt[None], region)[0]))
+        rows["fit_s"].append(secs)
+        rows["det_px"].append(s.det_err_px)
+        if front_only:
+            v1, _ = fit_subject(model, s, cfg, lset, (0,))
+            rows["front_only"].append(float(aligned_rmse(v1[None], s.gt[None], region)[0]))
+    out = {k: float(np.mean(v)) for k, v in rows.items() if v}
+    out["n"] = len(subjects)
+    out["per_subject"] = rows
+    return out
+
+
+def scan_lps(extra: list[str], out_dir: Path | None = None) -> dict:
+    """``mvf reconstruct`` on scan-lps, then export + evaluate (README there). RMSE mm, wall s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = Path(out_dir) if out_dir else Path(tmp) / "rec"
+        cmd = [sys.executable, "-m", "mvf", "reconstruct", "--front", str(SCAN / "front.png"),
+               "--left", str(SCAN / "left.png"), "--right", str(SCAN / "right.png"), "--out", str(rec)]
+        if extra:  # `mvf reconstruct` takes settings as a YAML file
+            lines = []
+            for kv in extra:
+                key, _, value = kv.partition("=")
+                lines.append(f"{key}: {value}")
+            cfg_path = Path(tmp) / "fit.yaml"
+            cfg_path.write_text("\n".join(lines) + "\n")
+            cmd += ["--fit-config", str(cfg_path)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            return {"error": proc.stderr.strip().splitlines()[-1:]}
+        subprocess.run([sys.executable, "-m", "mvf", "export", "--params", str(rec / "params.json"),
+                        "--out", str(rec / "lm.obj"), "--landmarks"], cwd=ROOT, capture_output=True, check=True)
+        ej = Path(tmp) / "e.json"
+        subprocess.run([sys.executable, "-m", "mvf", "evaluate", "--pred", str(rec / "mesh.obj"),
+                        "--gt", str(SCAN / "gt.ply"), "--pred-landmarks", str(rec / "lm_landmarks.txt"),
+                        "--gt-landmarks", str(SCAN / "gt_landmarks.txt"), "--json", str(ej)],
+                       cwd=ROOT, capture_output=True, check=True)
+        ev = json.loads(ej.read_text())
+    return {"rmse_mm": ev.get("rmse_mm", ev.get("rmse")), "wall_s": wall, "evaluate": ev}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(ROOT / "data" / "bench_real"))
+    ap.add_argument("--subjects", type=int, default=14)
+    ap.add_argument("--sets", nargs="+", default=["tune", "test"], choices=list(SEEDS))
+    ap.add_argument("--sizes", type=int, nargs="+", default=[224, 512])
+    ap.add_argument("--landmarks", nargs="+", default=["calibrated"], choices=["calibrated", "ibug68"])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="FitConfig override")
+    ap.add_argument("--no-front-only", action="store_true")
+    ap.add_argument("--skip-scan", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+
+
+    model = FaceModel.load()
+    region = face_region(model, ValidationConfig().face_radius_mm)
+    cfg = load_config(None, FitConfig, args.set)
+    report: dict = {"settings": args.set, "sets": {}}
+    for name in args.sets:
+        for size in args.sizes:
+            path = Path(args.data) / f"{name}{size}"
+            ensure_set(path, args.subjects, SEEDS[name], size)
+            dirs = subject_dirs(path, args.subjects)
+            det = detections(path, dirs)
+            subjects = [s for s in (prepare(model, d, r) for d, r in zip(dirs, det["raw"])) if s is not None]
+            for lm_kind in args.landmarks:
+                lset = None
+                if lm_kind == "calibrated":
+                    lset = load_landmark_set(None, model)
+                    if lset is None:
+                        sys.exit("bench_real: no calibrated landmark set; run `mvf build-model --landmarks-only`")
+                res = run_set(model, subjects, cfg, lset, region, not args.no_front_only)
+                res["detect_s_per_image"] = det["seconds"]
+                res["skipped"] = len(dirs) - len(subjects)
+                report["sets"][f"{name}{size}/{lm_kind}"] = res
+    if not args.skip_scan:
+        report["scan_lps"] = scan_lps(args.set)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"settings: {' '.join(args.set) or 'defaults'}")
+    print("| set | landmarks | n | mean face mm | 3 views mm | front only mm | 3v vs mean | det px | fit s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for key, r in report["sets"].items():
+        set_name, lm_kind = key.split("/")
+        rel = 100.0 * (r["three_views"] / r["mean_face"] - 1.0)
+        print(f"| {set_name} | {lm_kind} | {r['n']} | {r['mean_face']:.3f} | {r['three_views']:.3f} | "
+              f"{r.get('front_only', float('nan')):.3f} | {rel:+.1f}% | {r['det_px']:.2f} | {r['fit_s']:.2f} |")
+    if "scan_lps" in report:
+        sc = report["scan_lps"]
+        print(f"scan-lps: {sc.get('rmse_mm')} mm (mean face 1.834), mvf reconstruct {sc.get('wall_s', 0):.1f} s wall")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
