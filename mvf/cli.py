@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     except INPUT_ERRORS as e:
         print(f"mvf {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path that can't be read or created: name it, no traceback
+        where = e.filename if e.filename is not None else "<file>"
+        print(f"mvf {args.command}: error: {where}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"mvf {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -66,3 +66,12 @@ def test_help_for_every_subcommand():
         assert e.value.code == 0
     res = run_cli("--help")
     assert res.returncode == 0 and "export" in res.stdout
+
+
+def test_output_under_a_file_is_one_line_exit_2(tmp_path, capsys):
+    """An --out that lies under an existing file: one line naming the path, exit 2 (OSError)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["export", "--random", "--seed", "0", "--out", str(blocker / "face.obj")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(blocker) in err and "Traceback" not in err
