@@ -267,6 +267,30 @@ def test_bf16_precision_matches_fp32_and_trains(face):
     assert grad is not None and grad.dtype == torch.float32 and float(grad.abs().sum()) > 0
 
 
+def test_auto_precision_is_bf16_only_where_the_device_runs_it_fast(face):
+    """``precision: auto`` gives exactly the bf16 network's outputs on a CPU that oneDNN says runs
+    bfloat16 natively, and exactly float32's elsewhere (bf16 on an AVX2-only CPU is ~20x slower)."""
+    from mvf.net.network import fast_bf16, uses_bf16
+
+    cpu = torch.device("cpu")
+    assert fast_bf16(cpu) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert uses_bf16("bf16", cpu) and not uses_bf16("fp32", cpu)
+    assert uses_bf16("auto", cpu) == fast_bf16(cpu)
+    torch.manual_seed(0)
+    nets = {p: _net(face, image_size=64, fusion="mean", hidden=32, landmark_head=True, precision=p)
+            for p in ("fp32", "bf16", "auto")}
+    with torch.no_grad():
+        for p in nets["fp32"].parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        for p in ("bf16", "auto"):
+            nets[p].load_state_dict(nets["fp32"].state_dict())
+        images = torch.rand(1, 2, 3, 64, 64)
+        out = {p: n(images)["landmarks"] for p, n in nets.items()}
+    expected = out["bf16"] if fast_bf16(cpu) else out["fp32"]
+    assert torch.equal(out["auto"], expected)
+    assert not torch.equal(out["bf16"], out["fp32"])
+
+
 @pytest.mark.parametrize("backbone", ["vgg", "resnet18", "mobilenet_v3_small"])
 def test_backbone_pyramid_strides_and_depths(backbone):
     """`Backbone.pyramid` gives maps at strides 4, 8, 16 and 32 of the declared depths; the last

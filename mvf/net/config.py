@@ -31,8 +31,9 @@ class ModelConfig:
     refine: Literal["none", "landmarks"] = "none"  # landmarks: fit the 3DMM to the head's landmarks (mvf.recon.refine)
     refine_steps: int = 20  # the refinement's Levenberg-Marquardt iterations at most
     refine_w_net: float = 1.0  # its prior towards the network's coefficients (mean squared difference)
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the backbone and landmark head run under
-    # bfloat16 autocast (weights stay float32): ~1.75x faster on CPUs with AVX512-BF16 and on GPUs
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # bf16: the backbone and landmark head run
+    # under bfloat16 autocast (weights stay float32): ~1.75x faster on CPUs with AVX512-BF16 and on
+    # GPUs, ~20x *slower* on CPUs without it (AVX2 only); auto: bf16 where the device runs it fast
     pretrained: str | None = None  # local backbone state-dict file; never downloaded
     face_model: str | None = None  # face-model asset (default assets/face_model.npz)
 

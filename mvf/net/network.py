@@ -26,6 +26,7 @@ mean face, frontal and centred.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,25 @@ class PoseNorm:
         return (pose - mean) / scale
 
 
+@functools.lru_cache(maxsize=None)
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 convolutions natively (a CUDA GPU with bf16, or a CPU with
+    AVX512-BF16 / AMX through oneDNN); elsewhere bf16 autocast falls back to slow reference code."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """``model.precision`` resolved on ``device``: bf16 always, fp32 never, auto where it's fast."""
+    return precision == "bf16" or (precision == "auto" and fast_bf16(device))
+
+
 class ViewEncoder(nn.Module):
     """Backbone + pooling: ``(N, 3, S, S)`` -> ``(N, VIEW_FEATURES)``."""
 
@@ -110,14 +130,15 @@ class ViewEncoder(nn.Module):
         self.spatial = nn.Sequential(nn.Conv2d(c, cfg.spatial, 1), nn.ReLU(inplace=True)) if cfg.spatial else None
         n_in = c + (cfg.spatial * side * side if cfg.spatial else 0)
         self.landmark_head = LandmarkHead(self.backbone.pyramid_channels) if cfg.landmark_head else None
-        self.bf16 = cfg.precision == "bf16"  # backbone and landmark head under bfloat16 autocast
+        self.precision = cfg.precision  # backbone and landmark head under bfloat16 autocast
         self.proj = nn.Sequential(nn.Linear(n_in, VIEW_FEATURES), nn.ReLU(inplace=True))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(N, 3, S, S)`` -> view features ``(N, VIEW_FEATURES)`` and, with the landmark head,
         landmarks ``(N, 68, 2)`` px (else None)."""
         landmarks = None
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        bf16 = uses_bf16(self.precision, images.device)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
             if self.landmark_head is None:
                 fmap = self.backbone(images)
             else:
