@@ -39,6 +39,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def prepare_output_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder ``path`` (and its parents) and check it is writable, *before* any
+    work starts; `MvfError` naming the path if it is a file, lies under a file, or can't be
+    created or written."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            where = "is a file" if part == path else f"lies under a file ({part})"
+            raise file_error(path, f"output folder {where}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".mvf-write-check.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise file_error(path, f"output folder can't be created or written ({e.strerror or e})") from None
+    return path
+
+
+def prepare_output_file(path: str | os.PathLike) -> Path:
+    """`prepare_output_dir` for a file's folder, and check ``path`` itself is not a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise file_error(path, "output file is a folder")
+    prepare_output_dir(path.parent)
+    return path
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -1,0 +1,46 @@
+"""Output folders are checked before work starts: `mvf.fileio.prepare_output_dir`."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mvf.errors import MvfError
+from mvf.fileio import prepare_output_dir, prepare_output_file
+
+
+def test_prepare_output_dir_creates_nested_folders(tmp_path):
+    out = prepare_output_dir(tmp_path / "a" / "b")
+    assert out.is_dir() and os.listdir(out) == []  # the write probe leaves nothing behind
+
+
+@pytest.mark.parametrize("sub, needle", [("f", "is a file"), ("f/x/y", "lies under a file")])
+def test_prepare_output_dir_refuses_files(tmp_path, sub, needle):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(MvfError, match=needle) as e:
+        prepare_output_dir(tmp_path / sub)
+    assert str(tmp_path / sub) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_prepare_output_dir_refuses_unwritable(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(MvfError, match="can't be created or written"):
+            prepare_output_dir(ro / "out")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_prepare_output_dir_refuses_proc_and_sys():
+    for bad in ("/proc/x/x", "/sys/x"):
+        with pytest.raises(MvfError, match="can't be created or written"):
+            prepare_output_dir(bad)
+
+
+def test_prepare_output_file_refuses_a_folder(tmp_path):
+    with pytest.raises(MvfError, match="is a folder"):
+        prepare_output_file(tmp_path)
+    assert prepare_output_file(tmp_path / "new" / "m.obj").parent.is_dir()
