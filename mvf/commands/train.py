@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--steps", type=int, metavar="N", default=None,
                    help="stop after N global steps in total (a cap; the schedule is unchanged)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (a status line every 15 s instead) and no summary")
     p.set_defaults(func=run)
 
 

@@ -45,6 +45,7 @@ from mvf.train import checkpoint as ckpt_io
 from mvf.train import ddp
 from mvf.train.config import LossWeights, StageConfig, TrainConfig
 from mvf.train.logs import RunLogger
+from mvf.train.status import StatusLine
 from mvf.train.selfsup_stage import training_sheets
 from mvf.train.stages import STAGE_KINDS, DataRequest, LossContext, StageKind, dataset_subjects, resolved
 from mvf.train.validation import evaluate, to_device
@@ -438,6 +439,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps if cap is None else min(cap, self.total_steps), initial=self.step,
                    unit="step", dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
                    disable=not (self.info.is_main and self.cfg.progress and not self.quiet))
+        status = StatusLine(bar.total, self.step, enabled=self.info.is_main and self.cfg.progress and self.quiet)
         last_saved = last_validated = None
         last_val: dict | None = None
         last_terms: dict = {}
@@ -468,6 +470,8 @@ class Trainer:
                     bar.set_postfix(stage=stage.cfg.name, loss=f"{last_terms['loss']:.4g}", refresh=False)
                     done = self._stage_done(stage)
                     at_cap = cap is not None and self.step >= cap
+                    status.update(self.step, stage.cfg.name, last_terms["loss"],
+                                  force=self.step >= bar.total)
                     if self.logger and (self.step % self.cfg.log_every == 0 or done or at_cap):
                         self.logger.log_train(self.step, {"stage": stage.cfg.name,
                                                           "epoch": round(stage.epoch(self.stage_step), 4),
