@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import trimesh
 
 from mvf.errors import file_error
 
@@ -69,6 +68,8 @@ def make_mesh(path: str | os.PathLike, verts, faces, colours=None, verts_uvs=Non
 
 def read_trimesh(path: Path) -> Mesh:
     """Read a mesh with trimesh (vertex order kept, scenes concatenated, vertex colours kept)."""
+    import trimesh  # ~1.5 s to import (networkx, scipy.spatial): only when a mesh is read with it
+
     try:
         loaded = trimesh.load(str(path), process=False, maintain_order=True)
     except Exception as e:
@@ -90,4 +91,6 @@ def read_trimesh(path: Path) -> Mesh:
 
 def export_trimesh(mesh: Mesh, file_type: str) -> bytes:
     """Bytes of ``mesh`` in ``file_type`` via trimesh's exporter (geometry only)."""
+    import trimesh
+
     return trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).export(file_type=file_type)
