@@ -15,14 +15,19 @@ A checkpoint is a ``torch.save`` dict (loaded with ``weights_only=True``)::
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mvf.errors import MvfError
 from mvf.fileio import atomic_path
 from mvf.net.checkpoint import FORMAT, VERSION, load_checkpoint, load_model_state
+
+LAST_NAME = "last.pt"
+STEP_PATTERN = re.compile(r"step-(\d+)\.pt")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -32,7 +37,46 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
-__all__ = ["load_checkpoint", "load_model_state", "rng_state", "save_checkpoint", "set_rng_state"]
+def step_name(step: int) -> str:
+    """File name of the periodic checkpoint after ``step`` global steps."""
+    return f"step-{step:07d}.pt"
+
+
+def step_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the run folder's ``step-NNNNNNN.pt`` files, oldest first."""
+    found = []
+    for p in Path(run_dir).glob("step-*.pt"):
+        m = STEP_PATTERN.fullmatch(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def load_resume_checkpoint(run_dir: str | Path) -> tuple[dict[str, Any], Path, str | None]:
+    """The checkpoint to resume a run from: ``last.pt``, or when that is missing or unreadable
+    (a run killed while writing it) the newest ``step-*.pt`` that loads completely.
+
+    Returns ``(checkpoint, its path, notice)``; ``notice`` is a one-line explanation when it fell
+    back to a step file, else None. `MvfError` (last.pt's own error) when nothing loads.
+    """
+    run_dir = Path(run_dir)
+    last = run_dir / LAST_NAME
+    try:
+        return load_checkpoint(last), last, None
+    except MvfError as e:
+        first_error = e
+    for step, path in reversed(step_checkpoints(run_dir)):
+        try:
+            ckpt = load_checkpoint(path)
+        except MvfError:
+            continue
+        why = "missing" if not last.exists() else "unreadable"
+        return ckpt, path, f"{last}: {why}; resuming from {path.name} (step {int(ckpt['step'])})"
+    raise first_error
+
+
+__all__ = ["LAST_NAME", "load_checkpoint", "load_model_state", "load_resume_checkpoint", "rng_state",
+           "save_checkpoint", "set_rng_state", "step_checkpoints", "step_name"]
 
 
 def rng_state() -> dict[str, Any]:

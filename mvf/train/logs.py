@@ -1,8 +1,10 @@
 """Metric logs: CSV files (one row per logged step) and TensorBoard scalars.
 
 ``train.csv`` and ``val.csv`` live in the run folder; TensorBoard events in ``<run>/tb``. On
-resume, rows after the checkpoint's step are dropped, so a resumed run's CSV reads exactly as
-an uninterrupted one, and TensorBoard gets ``purge_step`` (no stale events past the resume).
+resume, rows after the checkpoint's step are dropped (and a row cut short by a kill), so a
+resumed run's CSV holds each step once and reads exactly as an uninterrupted one, and
+TensorBoard gets ``purge_step`` (no stale events past the resume). A fresh run (``fresh=True``)
+starts both CSVs and the TensorBoard events afresh instead of appending to a killed run's.
 """
 from __future__ import annotations
 
@@ -14,14 +16,16 @@ from mvf.fileio import write_bytes
 
 
 class CsvLog:
-    """Append-only CSV with a fixed header. Values missing from a row are left empty."""
+    """Append-only CSV with a fixed header. Values missing from a row are left empty.
 
-    def __init__(self, path: Path, columns: list[str]):
+    ``fresh``: start the file anew (header only) even if it exists.
+    """
+
+    def __init__(self, path: Path, columns: list[str], fresh: bool = False):
         self.path = Path(path)
         self.columns = list(columns)
-        if not self.path.is_file():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(",".join(self.columns) + "\n")
+        if fresh or not self.path.is_file():
+            write_bytes(self.path, (",".join(self.columns) + "\n").encode())
 
     def truncate_after(self, step: int) -> None:
         """Drop rows whose ``step`` is greater than ``step`` (atomically rewrites the file)."""
@@ -32,7 +36,8 @@ class CsvLog:
         if not rows:
             return
         header, body = rows[0], rows[1:]
-        keep = [r for r in body if r and int(r[0]) <= step]
+        # a row cut short by a kill has fewer fields (or a partial step number): dropped
+        keep = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= step]
         lines = [",".join(header)] + [",".join(r) for r in keep]
         write_bytes(self.path, ("\n".join(lines) + "\n").encode())
         self.columns = header if set(self.columns) <= set(header) else self.columns
@@ -59,11 +64,15 @@ class RunLogger:
     """CSV + optional TensorBoard for one run (use on rank 0 only)."""
 
     def __init__(self, out_dir: Path, train_columns: list[str], val_columns: list[str], tensorboard: bool,
-                 purge_step: int | None = None):
-        """``purge_step``: the resumed step; TensorBoard then hides events logged after it."""
-        self.train = CsvLog(out_dir / "train.csv", train_columns)
-        self.val = CsvLog(out_dir / "val.csv", val_columns)
+                 purge_step: int | None = None, fresh: bool = False):
+        """``purge_step``: the resumed step; TensorBoard then hides events logged after it.
+        ``fresh``: a new run; CSVs and TensorBoard events of an earlier (killed) run are replaced."""
+        self.train = CsvLog(out_dir / "train.csv", train_columns, fresh)
+        self.val = CsvLog(out_dir / "val.csv", val_columns, fresh)
         self.tb = None
+        if fresh:
+            for old in (out_dir / "tb").glob("events.out.tfevents.*"):
+                old.unlink()
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

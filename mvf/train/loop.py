@@ -35,16 +35,17 @@ from tqdm import tqdm
 
 from mvf.config import to_dict
 from mvf.data import SynthDataset, split_subjects
-from mvf.errors import MvfError, file_error
+from mvf.errors import INPUT_ERRORS, MvfError, file_error
 from mvf.face.landmarks import LandmarkProjector
 from mvf.face.model import FaceModel
-from mvf.fileio import write_image, write_json
+from mvf.fileio import write_bytes, write_image, write_json
 from mvf.losses.supervised import face_region
 from mvf.net.network import MVFNet, build_network
 from mvf.train import checkpoint as ckpt_io
 from mvf.train import ddp
 from mvf.train.config import LossWeights, StageConfig, TrainConfig
 from mvf.train.logs import RunLogger
+from mvf.train.runfolder import RunFolder
 from mvf.train.status import StatusLine
 from mvf.train.selfsup_stage import training_sheets
 from mvf.train.stages import STAGE_KINDS, DataRequest, LossContext, StageKind, dataset_subjects, resolved
@@ -101,6 +102,16 @@ class StageStream(Sampler):
         return self.end - self.start
 
 
+class WorkerInputError(MvfError):
+    """Bad input met in a DataLoader worker. Torch re-raises a worker's exception in the main
+    process as ``type(message with the worker's traceback)``; this type keeps only the last line
+    (the original one-line message), so the CLI still prints one line."""
+
+    def __init__(self, message: str):
+        last = str(message).rstrip().splitlines()[-1] if str(message).strip() else str(message)
+        super().__init__(last.split(f"{type(self).__name__}: ", 1)[-1])
+
+
 class SeededItems(Dataset):
     """Wraps a dataset: item ``(index, epoch, seed)`` is ``base[index]`` drawn in ``epoch``
     (``base.set_epoch`` when it has one, as `mvf.data.SynthDataset` seeds its augmentation
@@ -124,6 +135,10 @@ class SeededItems(Dataset):
                 np.random.seed(seed % (2 ** 32))
                 random.seed(seed)
                 return self.base[index]
+        except INPUT_ERRORS as e:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            raise WorkerInputError(str(e)) from None
         finally:
             np.random.set_state(np_state)
             random.setstate(py_state)
@@ -202,8 +217,15 @@ class Trainer:
 
     Args:
         cfg: the validated config. out_dir: run folder (checkpoints, CSV, TensorBoard).
-        resume: continue from ``out_dir/last.pt``. max_steps: stop after this many global
-            steps in total (a cap, e.g. for quick runs; the schedule is unchanged).
+        resume: continue from ``out_dir/last.pt``, or when a kill left that missing or
+            unreadable, from the newest complete ``step-*.pt`` (with a one-line notice).
+            max_steps: stop after this many global steps in total (a cap, e.g. for quick
+            runs; the schedule is unchanged).
+
+    The run folder is checked before any work and cleaned of orphaned temporaries; a fresh run
+    (no ``resume``) is refused where a checkpoint exists, and otherwise starts the logs anew.
+    A fresh run that fails before its first checkpoint (bad data, a config error) removes what
+    it created (`mvf.train.runfolder.RunFolder.undo`); a Ctrl-C after set-up keeps its logs.
     """
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
@@ -220,14 +242,33 @@ class Trainer:
             if st.batch_size % self.info.world:
                 raise MvfError(f"stage '{st.name}': batch_size {st.batch_size} does not split over "
                                f"{self.info.world} processes")
-        last = self.out / "last.pt"
+        self.folder = RunFolder(self.out) if self.info.is_main else None
+        self.resumed = resume
+        self.checkpointed = False  # whether this run has written a step checkpoint
+        try:
+            self._start(resume)
+        except BaseException:
+            if self.folder is not None:
+                self.folder.undo()
+            raise
+
+    def _start(self, resume: bool) -> None:
+        cfg = self.cfg
         resume_ckpt = None
+        self.resume_path = self.out / ckpt_io.LAST_NAME
         if resume:
-            resume_ckpt = ckpt_io.load_checkpoint(last)
-            self._check_resume_config(resume_ckpt, last)
-        elif last.exists():
-            raise file_error(self.out, "already holds a run (last.pt); pass --resume to continue it "
-                                       "or choose another --out")
+            resume_ckpt, self.resume_path, notice = ckpt_io.load_resume_checkpoint(self.out)
+            if notice and self.info.is_main:
+                print(f"notice: {notice}", file=sys.stderr)
+            self._check_resume_config(resume_ckpt, self.resume_path)
+        else:
+            found = [p for p in (self.resume_path, *(p for _, p in ckpt_io.step_checkpoints(self.out)))
+                     if p.exists()]
+            if found:
+                raise file_error(self.out, f"already holds a run ({found[0].name}); pass --resume to "
+                                           "continue it or choose another --out")
+        if self.folder is not None:
+            self.folder.remove_temporaries()
 
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2 ** 32)
@@ -261,17 +302,19 @@ class Trainer:
         self._frozen: list[torch.nn.Parameter] = []
         self._resume_opt: tuple[int, dict] | None = None
         if resume_ckpt is not None:
-            self._restore(resume_ckpt, last)
+            self._restore(resume_ckpt, self.resume_path)
 
         self.logger = None
         if self.info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            purge = self.step + 1 if resume_ckpt is not None else None  # steps <= self.step were logged
-            self.logger = RunLogger(self.out, train_columns(), VAL_COLUMNS, cfg.tensorboard, purge_step=purge)
-            if resume_ckpt is not None:
-                self.logger.truncate_after(self.step)
+            fresh = resume_ckpt is None
+            purge = None if fresh else self.step + 1  # steps <= self.step were logged
+            self.logger = RunLogger(self.out, train_columns(), VAL_COLUMNS, cfg.tensorboard, purge_step=purge,
+                                    fresh=fresh)
+            if fresh:  # no checkpoint here (checked above): a best.pt is a killed run's
+                (self.out / "best.pt").unlink(missing_ok=True)
+                write_bytes(self.out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
             else:
-                (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+                self.logger.truncate_after(self.step)
 
     # -- set-up helpers
     def _check_resume_config(self, ckpt: dict, path: Path) -> None:
@@ -348,7 +391,7 @@ class Trainer:
                     try:
                         self.optimizer.load_state_dict(state)
                     except (ValueError, KeyError) as e:
-                        raise file_error(self.out / "last.pt", f"optimizer state does not fit ({e})") from None
+                        raise file_error(self.resume_path, f"optimizer state does not fit ({e})") from None
         for group in self.optimizer.param_groups:
             group["betas"], group["weight_decay"] = tuple(c.betas), c.weight_decay
         self._resume_opt = None
@@ -426,9 +469,11 @@ class Trainer:
         if not self.info.is_main:
             return
         state = self.state()
-        ckpt_io.save_checkpoint(self.out / f"step-{self.step:07d}.pt", state)
-        ckpt_io.save_checkpoint(self.out / "last.pt", state)
-        olds = sorted(self.out.glob("step-*.pt"))
+        ckpt_io.save_checkpoint(self.out / ckpt_io.step_name(self.step), state)
+        ckpt_io.save_checkpoint(self.out / ckpt_io.LAST_NAME, state)
+        self.checkpointed = True
+        # (a step file beyond this step is a killed run's unreadable one: replaced when reached)
+        olds = [p for s, p in ckpt_io.step_checkpoints(self.out) if s <= self.step]
         for old in olds[: max(0, len(olds) - self.cfg.keep_checkpoints)]:
             old.unlink(missing_ok=True)
 
@@ -492,6 +537,10 @@ class Trainer:
                 last_val = self.validate(ran[-1] if ran else self.plan[self.stage_index])
             if self.info.enabled:
                 self._check_sync()
+        except Exception:
+            if self.folder is not None and not self.resumed and not self.checkpointed:
+                self.folder.undo()  # nothing resumable was made: leave no half-started run folder
+            raise
         finally:
             bar.close()
             if self.logger:
