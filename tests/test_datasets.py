@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from renderer.camera import make_pose, project
 from mvf.data import AugmentConfig, SynthDataset, UnlabelledTriplets, augment_sample, split_subjects
 from mvf.data.augment import Similarity
-from mvf.data.format import FORMAT_VERSION, write_index, write_subject
+from mvf.data.format import FORMAT_VERSION, MARKER_NAME, write_index, write_subject
 from mvf.errors import MvfError
 from mvf.fileio import write_image
 from mvf.recon.detect import write_pts
@@ -110,6 +110,25 @@ def test_incomplete_subject_is_named(synth_root, tmp_path):
     assert len(SynthDataset(root, subjects=["000000", "000001"])) == 2
     with pytest.raises(MvfError, match="no index.json"):
         SynthDataset(tmp_path)
+
+
+def test_datasets_without_markers_still_load(synth_root, tmp_path):
+    """``done.json`` (checksums `mvf synth` writes last) is optional for readers: a dataset of an
+    older version, without markers, loads the same items."""
+    import shutil
+
+    root = tmp_path / "legacy"
+    shutil.copytree(synth_root, root)
+    markers = sorted(root.glob(f"*/{MARKER_NAME}"))
+    assert len(markers) == 3
+    for m in markers:
+        m.unlink()
+    old, new = SynthDataset(root), SynthDataset(synth_root)
+    assert len(old) == 3
+    for i in range(3):
+        for key in ("images", "pose", "landmarks", "masks"):
+            assert torch.equal(old[i][key], new[i][key]), key
+    assert len(UnlabelledTriplets(root)) == 3
 
 
 # ---------------------------------------------------------------------------- augmentation

@@ -13,7 +13,8 @@ from mvf.config import from_dict, load_config
 from mvf.data.caps import HoleCaps
 from mvf.data.config import SynthConfig
 from mvf.data.format import (
-    FORMAT_VERSION, LABEL_SPEC, read_index, read_labels, subject_complete,
+    FORMAT_VERSION, LABEL_SPEC, MARKER_NAME, read_index, read_labels, subject_complete, subject_files,
+    subject_verified,
 )
 from mvf.data.synth import generate
 from mvf.errors import MvfError
@@ -212,7 +213,7 @@ def test_deterministic_subsets_and_resume(model, tmp_path):
     generate(tmp_path / "a", 2, seed=7, batch=2, workers=2, **kw)
     generate(tmp_path / "b", 2, seed=7, batch=1, workers=0, **kw)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 1 + 2 * 5
+    assert len(files) == 1 + 2 * 6  # index; 3 PNGs, mesh, labels, done.json per subject
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     # a subset made alone reproduces the same subject
@@ -234,6 +235,43 @@ def test_deterministic_subsets_and_resume(model, tmp_path):
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     assert not [p for p in (tmp_path / "a").rglob("*") if ".tmp" in p.name]  # no leftover temporaries
+
+
+def test_damaged_subjects_are_made_again(model, tmp_path):
+    """A subject is done only when its files match the checksums in its ``done.json``, written
+    last: a truncated front.png (in the index, marker present), a flipped byte, a missing marker
+    over a truncated file (a subject of an older version) are each made again, byte-identical to
+    an uninterrupted run; a marker-less subject whose files decode is kept as it is."""
+    cfg = from_dict(SynthConfig, {"background": {"face": 0}})  # no distractor pool to render
+    kw = dict(cfg=cfg, model=model, size=32, batch=4, workers=0, progress=False)
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    generate(ref, 4, seed=3, **kw)
+    generate(out, 4, seed=3, **kw)
+    files = sorted(p.relative_to(ref) for p in ref.rglob("*") if p.is_file())
+    sub = [out / f"00000{i}" for i in range(4)]
+    assert all(subject_verified(d) for d in sub)
+    front = (sub[0] / "front.png").read_bytes()
+    (sub[0] / "front.png").write_bytes(front[: len(front) // 2])  # killed mid-copy, say
+    mesh = bytearray((sub[1] / "mesh.ply").read_bytes())
+    mesh[-5] ^= 0xFF  # same size, one byte off
+    (sub[1] / "mesh.ply").write_bytes(bytes(mesh))
+    (sub[2] / MARKER_NAME).unlink()  # older version, damaged: must be decoded to be caught
+    left = (sub[2] / "left.png").read_bytes()
+    (sub[2] / "left.png").write_bytes(left[: len(left) - 40])
+    (sub[3] / MARKER_NAME).unlink()  # older version, intact: kept
+    kept = {p.name: p.stat().st_mtime_ns for p in subject_files(sub[3])}
+    assert [subject_verified(d) for d in sub] == [False, False, False, True]
+    assert all(subject_complete(d) for d in sub)  # what readers check: files exist
+    stats = generate(out, 4, seed=3, **kw)
+    assert (stats.made, stats.skipped) == (3, 1)
+    assert {p.name: p.stat().st_mtime_ns for p in subject_files(sub[3])} == kept
+    assert not (sub[3] / MARKER_NAME).exists()
+    for rel in files:
+        if rel != sub[3].relative_to(out) / MARKER_NAME:
+            assert (out / rel).read_bytes() == (ref / rel).read_bytes(), rel
+    assert read_index(out)["subjects"] == read_index(ref)["subjects"]
+    marker = json.loads((ref / "000000" / MARKER_NAME).read_text())
+    assert sorted(marker["sha256"]) == sorted(p.name for p in subject_files(ref / "000000"))
 
 
 def test_bad_runs_are_refused(model, tmp_path):
@@ -263,6 +301,11 @@ def test_cli(tmp_path, capsys):
     assert json.loads((tmp_path / "x" / "index.json").read_text())["generator"]["background"]["face"] == 0
     assert main(["synth", "--out", str(tmp_path / "y"), "--subjects", "1", "--set", "views.fill=[0.9,0.1]"]) == 2
     assert "views.fill" in capsys.readouterr().err
+    for n in ("0", "-3"):  # an empty dataset is refused, and nothing is written
+        assert main(["synth", "--out", str(tmp_path / "z"), "--subjects", n]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"mvf synth: error: --subjects {n}: must be at least 1"
+    assert not (tmp_path / "z").exists() and not (tmp_path / "y").exists()
 
 
 def test_shifted_config_loads_and_differs():

@@ -11,6 +11,7 @@ from mvf.data.config import SynthConfig
 from mvf.data.synth import generate
 from mvf.errors import MvfError
 from mvf.face.model import FaceModel
+from mvf.fileio import prepare_output_dir
 
 
 def add_parser(sub) -> None:
@@ -18,8 +19,9 @@ def add_parser(sub) -> None:
         "synth", help="render synthetic front/left/right faces with ground truth",
         description="Sample faces from the 3DMM (identity, expression, albedo, lights, views, "
                     "background), render three views each and write DIR/index.json plus "
-                    "DIR/<subject>/{front,left,right}.png, labels.npz and mesh.ply. Deterministic "
-                    "for a seed; re-running skips complete subjects.")
+                    "DIR/<subject>/{front,left,right}.png, labels.npz, mesh.ply and done.json (their "
+                    "checksums). Deterministic for a seed; re-running skips subjects whose files "
+                    "match their checksums and makes the others again.")
     p.add_argument("--out", required=True, metavar="DIR", help="dataset folder (created or resumed)")
     p.add_argument("--subjects", type=int, required=True, metavar="N", help="number of subjects")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
@@ -37,10 +39,13 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.subjects < 1:
+        raise MvfError(f"--subjects {args.subjects}: must be at least 1")
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise MvfError(f"--device {args.device}: CUDA is not available here")
     cfg = load_config(args.config, SynthConfig, args.set)
     model = FaceModel.load(args.model, device=args.device)
+    prepare_output_dir(args.out)  # before any rendering: a file in the way is one line
     stats = generate(Path(args.out), args.subjects, args.seed, cfg, model, size=args.size,
                      batch=args.batch, workers=args.workers, backend=args.backend,
                      progress=not args.quiet)

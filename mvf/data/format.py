@@ -7,12 +7,16 @@
     DIR/<subject>/front.png   8-bit RGB, size x size (also left.png, right.png)
     DIR/<subject>/labels.npz  see LABEL_SPEC
     DIR/<subject>/mesh.ply    ground-truth mesh (mm) with per-vertex colours
+    DIR/<subject>/done.json   {"sha256": {file name: hex digest}} of the five files, written last
 
-A subject is complete when all five files exist; ``labels.npz`` is always written last, each
-file atomically.
+For reading, a subject is complete when its five files exist (``done.json`` is optional, so
+datasets of older versions load). Each file is written atomically, ``labels.npz`` after the
+images and mesh, the marker ``done.json`` after all of them; `mvf synth` counts a subject as
+done only when `subject_verified` holds (checksums match, or without a marker the files decode).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -20,16 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from mvf.errors import MvfError, file_error
 from mvf.fileio import write_bytes, write_json
-from mvf.io.ply import ply_bytes
+from mvf.io.ply import ply_bytes, read as read_ply
 from renderer.views import VIEWS
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
 LABELS_NAME = "labels.npz"
 MESH_NAME = "mesh.ply"
+MARKER_NAME = "done.json"
 
 # key -> (dtype kind, shape with symbolic sizes: V views, K id, E exp, N vertices, H, W)
 LABEL_SPEC: dict[str, tuple[str, tuple[str | int, ...]]] = {
@@ -54,6 +60,36 @@ def subject_files(subject_dir: str | os.PathLike) -> list[Path]:
 def subject_complete(subject_dir: str | os.PathLike) -> bool:
     """True when every file of the subject exists."""
     return all(p.is_file() for p in subject_files(subject_dir))
+
+
+def subject_verified(subject_dir: str | os.PathLike) -> bool:
+    """True when the subject is whole: every file's sha256 matches its ``done.json`` marker, or
+    (a subject written before markers existed) every file exists and decodes: the PNGs fully,
+    ``labels.npz`` checked against `LABEL_SPEC`, ``mesh.ply`` parsed."""
+    d = Path(subject_dir)
+    files = subject_files(d)
+    if not all(p.is_file() for p in files):
+        return False
+    marker = d / MARKER_NAME
+    if marker.is_file():
+        try:
+            sums = json.loads(marker.read_text())["sha256"]
+            return all(sums.get(p.name) == _sha256(p.read_bytes()) for p in files)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+    try:
+        for p in files[: len(VIEWS)]:
+            with Image.open(p) as im:
+                im.load()
+        read_labels(d / LABELS_NAME)
+        read_ply(d / MESH_NAME)
+    except Exception:  # any decoding failure means: not whole, make it again
+        return False
+    return True
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def subject_name(index: int) -> str:
@@ -142,8 +178,6 @@ def is_synth_dataset(root: str | os.PathLike) -> bool:
 
 def png_bytes(image: np.ndarray, compress_level: int = 1) -> bytes:
     """PNG bytes of an ``(H, W, 3)`` uint8 image (deterministic for given pixels)."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
@@ -151,14 +185,18 @@ def png_bytes(image: np.ndarray, compress_level: int = 1) -> bytes:
 
 def write_subject(subject_dir: str | os.PathLike, images: np.ndarray, verts: np.ndarray,
                   faces: np.ndarray, labels: dict[str, np.ndarray], compress_level: int = 1) -> None:
-    """Write one subject: three PNGs ``images`` ``(V, H, W, 3)`` uint8, the mesh, labels last."""
+    """Write one subject: three PNGs ``images`` ``(V, H, W, 3)`` uint8, the mesh, labels, and
+    last the ``done.json`` marker with their checksums (an old marker is removed first)."""
     d = Path(subject_dir)
     d.mkdir(parents=True, exist_ok=True)
     check_labels(labels, d / LABELS_NAME)
-    for view, img in zip(VIEWS, images):
-        write_bytes(d / f"{view}.png", png_bytes(img, compress_level))
-    write_bytes(d / MESH_NAME, ply_bytes(verts, faces, labels["colours"], comment="mvf synthetic ground truth, mm"))
-    write_bytes(d / LABELS_NAME, encode_labels(labels))
+    (d / MARKER_NAME).unlink(missing_ok=True)
+    contents = {f"{view}.png": png_bytes(img, compress_level) for view, img in zip(VIEWS, images)}
+    contents[MESH_NAME] = ply_bytes(verts, faces, labels["colours"], comment="mvf synthetic ground truth, mm")
+    contents[LABELS_NAME] = encode_labels(labels)
+    for name, data in contents.items():
+        write_bytes(d / name, data)
+    write_json(d / MARKER_NAME, {"sha256": {name: _sha256(data) for name, data in contents.items()}})
 
 
 def check_compatible(index: dict, settings: dict, where: str | os.PathLike) -> None:

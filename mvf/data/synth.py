@@ -35,7 +35,7 @@ from mvf.data.background import gaussian_blur, make_background
 from mvf.data.caps import HoleCaps
 from mvf.data.config import SynthConfig
 from mvf.data.format import (
-    FORMAT_VERSION, check_compatible, read_index, subject_complete, subject_name, write_index,
+    FORMAT_VERSION, check_compatible, read_index, subject_name, subject_verified, write_index,
     write_subject,
 )
 from mvf.data.sampling import SubjectDraw, sample_distractor, sample_subject
@@ -348,8 +348,11 @@ def generate(out: str | Path, n_subjects: int, seed: int, cfg: SynthConfig, mode
              progress: bool = True, subjects: list[int] | None = None) -> GenerateStats:
     """Write (or complete) a synthetic dataset of subjects ``0 .. n_subjects - 1`` in ``out``.
 
-    Complete subjects are skipped; files are written atomically with ``labels.npz`` last; the
-    index lists every complete subject. ``subjects`` restricts the run to those indices.
+    Verified subjects (`mvf.data.format.subject_verified`: checksums of the ``done.json``
+    marker, or decoding for a marker-less subject of an older version) are skipped; any other
+    (missing, truncated, altered) is made again, byte-identical to an uninterrupted run. Files
+    are written atomically, the marker last; the index lists every verified subject.
+    ``subjects`` restricts the run to those indices.
     """
     from tqdm import tqdm
 
@@ -361,12 +364,13 @@ def generate(out: str | Path, n_subjects: int, seed: int, cfg: SynthConfig, mode
     if (out / "index.json").is_file():
         index = read_index(out)
         check_compatible(index, settings, out / "index.json")
-        existing = [s for s in index["subjects"] if subject_complete(out / s)]
+        existing = [s for s in index["subjects"] if subject_verified(out / s)]
     elif out.exists() and any(out.iterdir()):
         raise MvfError(f"{out}: folder exists and is not a synthetic dataset (no index.json); "
                        "choose an empty or new --out folder")
     wanted = list(range(n_subjects)) if subjects is None else list(subjects)
-    todo = [i for i in wanted if not subject_complete(out / subject_name(i))]
+    verified = set(existing)
+    todo = [i for i in wanted if subject_name(i) not in verified and not subject_verified(out / subject_name(i))]
     done = set(existing) | {subject_name(i) for i in wanted if i not in set(todo)}
     out.mkdir(parents=True, exist_ok=True)
     write_index(out, {**settings, "subjects": sorted(done)})
