@@ -74,8 +74,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    """Write ``obj`` as indented JSON, atomically (strict JSON: a NaN or Infinity is a ValueError)."""
+    write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -106,11 +106,13 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
         iio.imwrite(tmp, arr, extension=Path(path).suffix)
 
 
-def find_view_image(folder: str | os.PathLike, view: str) -> Path:
-    """The image file ``<folder>/<view>.<png|jpg|jpeg|bmp>``; `MvfError` if there is none."""
+def find_view_image(folder: str | os.PathLike, view: str, missing_ok: bool = False) -> Path | None:
+    """The image file ``<folder>/<view>.<png|jpg|jpeg|bmp>``; `MvfError` if there is more than
+    one (ambiguous) or none (None instead with ``missing_ok``)."""
     folder = Path(folder)
-    for suffix in IMAGE_SUFFIXES:
-        cand = folder / f"{view}{suffix}"
-        if cand.is_file():
-            return cand
+    found = [folder / f"{view}{s}" for s in IMAGE_SUFFIXES if (folder / f"{view}{s}").is_file()]
+    if len(found) > 1:
+        raise file_error(folder, f"ambiguous '{view}' image: {' and '.join(p.name for p in found)} (keep one)")
+    if found or missing_ok:
+        return found[0] if found else None
     raise file_error(folder, f"no '{view}' image ({view}.png or {view}.jpg)")

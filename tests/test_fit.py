@@ -279,11 +279,11 @@ def test_wrong_landmark_count_is_a_one_line_error(tmp_path, capsys):
 def test_swapped_side_views_warn_and_auto_order_fixes_them(tmp_path, capsys):
     swapped = ["--front", str(TRIPLET / "front.jpg"), "--left", str(TRIPLET / "right.jpg"),
                "--right", str(TRIPLET / "left.jpg"), "--texture-size", "64"]
-    code, stdout, _ = run_cli(["fit", *swapped, "--out", str(tmp_path / "as_given")], capsys)
-    assert code == 0  # a warning, not an error: the user may know better
-    assert "warning: left view has yaw" in stdout and "--auto-order" in stdout
-    code, stdout, _ = run_cli(["fit", *swapped, "--auto-order", "--out", str(tmp_path / "fixed")], capsys)
-    assert code == 0 and "reassigned" in stdout
+    code, _, stderr = run_cli(["fit", *swapped, "--out", str(tmp_path / "as_given")], capsys)
+    assert code == 0  # a warning (on stderr), not an error: the user may know better
+    assert "warning: left view has yaw" in stderr and "--auto-order" in stderr
+    code, _, stderr = run_cli(["fit", *swapped, "--auto-order", "--out", str(tmp_path / "fixed")], capsys)
+    assert code == 0 and "reassigned" in stderr
     params = json.loads((tmp_path / "fixed" / "params.json").read_text())
     assert params["images"]["left"].endswith("left.jpg") and params["images"]["right"].endswith("right.jpg")
     assert params["pose"]["left"][2] < 0 < params["pose"]["right"][2]

@@ -6,7 +6,7 @@ import argparse
 from mvf.errors import MvfError
 from mvf.evaluation.micc import evaluate_meshes, format_table, read_landmarks_3d
 from mvf.face.model import FaceModel
-from mvf.fileio import write_json
+from mvf.fileio import prepare_output_file, write_json
 from mvf.io import check_mesh_suffix, load_mesh, save_mesh
 
 
@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         raise MvfError(f"--icp-iters {args.icp_iters}: must be at least 1")
     if args.aligned_out:
         check_mesh_suffix(args.aligned_out, write=True)
+    for out in (args.json, args.aligned_out):
+        if out:
+            prepare_output_file(out)
     pred = load_mesh(args.pred)
     gt = load_mesh(args.gt)
     pred_lm = read_landmarks_3d(args.pred_landmarks, pred.vertices) if args.pred_landmarks else None

@@ -8,7 +8,7 @@ import numpy as np
 
 from mvf.face.model import FaceModel
 from mvf.face.params import load_params, random_params
-from mvf.fileio import atomic_path, read_image
+from mvf.fileio import atomic_path, prepare_output_file, read_image
 from mvf.io import check_mesh_suffix, save_mesh
 
 
@@ -33,6 +33,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     suffix = check_mesh_suffix(out, write=True)
+    prepare_output_file(out)
     model = FaceModel.load(args.model)
     params = load_params(args.params, model) if args.params else random_params(model, args.seed)
     verts = params.decode(model)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from mvf.config import load_config
 from mvf.errors import MvfError
 from mvf.face.model import FaceModel
+from mvf.fileio import prepare_output_dir
 from mvf.recon.fit import FitConfig
 from mvf.recon.outputs import print_summary, write_outputs
 from mvf.recon.pipeline import reconstruct
@@ -43,17 +45,18 @@ def run(args: argparse.Namespace) -> int:
         raise MvfError(f"--threads {args.threads}: must be >= 1")
     if args.size < 64:
         raise MvfError(f"--size {args.size}: crops must be at least 64 px")
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     cfg = load_config(args.config, FitConfig, args.set)
     tex_cfg = TextureConfig(size=args.texture_size)
     paths, lm_files = views_from_args(args)
+    prepare_output_dir(args.out)
+    torch.set_num_threads(args.threads)
     face = FaceModel.load()
     t1 = time.perf_counter()
     views = detect_views(paths, args.size, lm_files, args.auto_order, crop=not args.no_crop)
     timing = {"load": t1 - t0, "detect_crop": time.perf_counter() - t1}
     for w in views.warnings:
-        print(f"warning: {w}")
+        print(f"warning: {w}", file=sys.stderr)
     rec = reconstruct(views, None, cfg, face=face, texture_config=tex_cfg, progress=True)
     print_summary(rec, write_outputs(rec, args.out, timing=timing))
     return 0

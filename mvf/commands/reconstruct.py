@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 
 from mvf.config import load_config
-from mvf.errors import MvfError
+from mvf.errors import MvfError, check_device
+from mvf.fileio import prepare_output_dir
 from mvf.net.checkpoint import load_model
 from mvf.recon.fit import FitConfig
 from mvf.recon.outputs import print_summary, write_outputs
@@ -44,10 +46,14 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise MvfError(f"--threads {args.threads}: must be >= 1")
+    if args.refine_steps < 0:
+        raise MvfError(f"--refine-steps {args.refine_steps}: must be >= 0")
+    check_device(args.device)
+    paths, lm_files = views_from_args(args)
+    prepare_output_dir(args.out)
     torch.set_num_threads(args.threads)
     crop = args.crop if args.crop != "auto" else ("none" if args.checkpoint else "detect")
     t0 = time.perf_counter()
-    paths, lm_files = views_from_args(args)
     network = load_model(args.checkpoint, args.device) if args.checkpoint else None
     fit_cfg = None
     if network is None or args.refine_steps > 0:
@@ -61,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         views = framed_views(paths)
     timing = {"load": t1 - t0, "detect_crop": time.perf_counter() - t1}
     for w in views.warnings:
-        print(f"warning: {w}")
+        print(f"warning: {w}", file=sys.stderr)
     rec = reconstruct(views, network, fit_cfg)
     written = write_outputs(rec, args.out, timing=timing)
     print_summary(rec, written)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,10 @@ from PIL import Image
 from mvf.errors import MvfError, file_error
 from mvf.face.model import FaceModel
 from mvf.face.params import load_params
-from mvf.fileio import read_image, write_image, write_json
+from mvf.fileio import prepare_output_dir, write_image, write_json
 from mvf.losses.flow import build_flow
 from mvf.losses.selfsup import inner_face_region
-from mvf.recon.views import gather_views
+from mvf.recon.views import FRAMED_MAX_SIDE, gather_views, read_view_image, same_view_warnings
 from mvf.train.selfsup_stage import cross_view_sheets
 from renderer.camera import make_pose
 from renderer.shading import render
@@ -39,7 +40,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed for --random (default 0)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder")
     p.add_argument("--size", type=int, default=None,
-                   help="image size in pixels (square; default: the images' size, 224 for --random)")
+                   help="image size in pixels (square; default: the images' size, longer side at most "
+                        "1024; 224 for --random)")
     p.add_argument("--model", metavar="NPZ", default=None, help="face model asset (default assets/face_model.npz)")
     p.add_argument("--backend", choices=["auto", "fast", "pytorch3d"], default="auto", help="rasterizer")
     p.add_argument("--region", choices=["inner_face", "all"], default="inner_face",
@@ -60,29 +62,30 @@ def read_params(path: str | Path, model) -> tuple[torch.Tensor, torch.Tensor, to
     if missing:
         raise file_error(path, f"'pose' lacks view '{missing[0]}' (need {', '.join(VIEWS)})")
     poses = params.poses(VIEWS)
-    if bool((poses[:, 0] <= 0).any()):
-        raise file_error(path, "pose scale f must be positive")
     return torch.from_numpy(params.id), torch.from_numpy(params.exp), poses
 
 
 def _load_images(folder: str | Path, size: int | None) -> tuple[torch.Tensor, float]:
-    """``(V, 3, S, S)`` float images and the factor applied to pixel coordinates."""
+    """``(V, 3, H', W')`` float images and the factor applied to pixel coordinates (``size``, else
+    the images' size with the longer side at most `FRAMED_MAX_SIDE`)."""
     found = gather_views(images_dir=str(folder))
     missing = [v for v in VIEWS if v not in found]
     if missing:
         raise file_error(folder, f"no '{missing[0]}' image ({missing[0]}.png or .jpg)")
     paths = [found[v] for v in VIEWS]
-    arrays = [read_image(p) for p in paths]
+    arrays = [read_view_image(p) for p in paths]
+    for w in same_view_warnings(VIEWS, arrays, paths):
+        print(f"warning: {w}", file=sys.stderr)
     h, w = arrays[0].shape[:2]
     for p, a in zip(paths, arrays):
         if a.shape[:2] != (h, w):
             raise file_error(p, f"size {a.shape[1]}x{a.shape[0]} differs from {paths[0].name} ({w}x{h})")
-    scale = 1.0
-    if size is not None and (size, size) != (h, w):
-        if h != w:
-            raise file_error(paths[0], f"--size needs square images, got {w}x{h}")
-        scale = size / w
-        arrays = [np.asarray(Image.fromarray(a).resize((size, size), Image.BILINEAR)) for a in arrays]
+    if size is not None and h != w and (size, size) != (h, w):
+        raise file_error(paths[0], f"--size needs square images, got {w}x{h}")
+    scale = size / w if size is not None else min(1.0, FRAMED_MAX_SIDE / max(h, w))
+    if scale != 1.0:
+        new = (size, size) if size is not None else (round(w * scale), round(h * scale))
+        arrays = [np.asarray(Image.fromarray(a).resize(new, Image.BILINEAR)) for a in arrays]
     stack = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
     return stack, scale
 
@@ -118,7 +121,7 @@ def random_scene(model, seed: int, size: int, backend: str = "auto"):
 def run(args: argparse.Namespace) -> int:
     if args.size is not None and not 8 <= args.size <= 4096:
         raise MvfError(f"--size {args.size}: must be between 8 and 4096")
-    out = Path(args.out)
+    out = prepare_output_dir(args.out)
     model = FaceModel.load(args.model)
     if args.random:
         if args.params or args.images:

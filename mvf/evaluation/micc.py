@@ -22,6 +22,12 @@ Steps (`evaluate_meshes`):
    predicted triangles (scan -> prediction direction, exact point-to-triangle distances from
    point-cloud-utils' ``closest_points_on_mesh``);
    RMSE, mean and median in the scan's units (mm).
+
+Sanity bounds (an `MvfError`, not a score): the prediction needs at least `MIN_PRED_TRIANGLES`
+triangles (a face mesh, not a fragment; the face model has 18,460), the cropped scan at least
+`MIN_SCAN_POINTS` points (about one per 6 mm of a face; MICC scans hold tens of thousands), and
+scaled ICP may change the initial alignment's scale by at most a factor `MAX_ICP_SCALE_CHANGE`
+(both meshes are faces in mm; a larger change means they don't match).
 """
 from __future__ import annotations
 
@@ -41,6 +47,9 @@ from mvf.io import Mesh
 from renderer.rotations import euler_deg_to_matrix_np, matrix_to_euler_deg_np
 
 CROP_RADIUS_MM = 95.0
+MIN_PRED_TRIANGLES = 500
+MIN_SCAN_POINTS = 600  # about one point per 6 mm over a face-sized crop
+MAX_ICP_SCALE_CHANGE = 2.0
 IBUG_NOSE_TIP = 30
 
 
@@ -324,6 +333,8 @@ def evaluate_meshes(pred: Mesh, gt: Mesh, pred_landmarks: np.ndarray | None = No
     t0 = time.perf_counter()
     if len(pred.faces) == 0:
         raise MvfError("--pred: the predicted mesh has no triangles")
+    if len(pred.faces) < MIN_PRED_TRIANGLES:
+        raise MvfError(f"--pred: {len(pred.faces)} triangles: not a face mesh (at least {MIN_PRED_TRIANGLES})")
     pv = np.asarray(pred.vertices, np.float64)
     gv = np.asarray(gt.vertices, np.float64)
     if (pred_landmarks is None) != (gt_landmarks is None):
@@ -340,9 +351,9 @@ def evaluate_meshes(pred: Mesh, gt: Mesh, pred_landmarks: np.ndarray | None = No
     else:
         gt_nose = gv[nose_tip_index(gv)]
     crop = gv[np.linalg.norm(gv - gt_nose, axis=1) <= crop_radius]
-    if len(crop) < 10:
-        raise MvfError(f"--gt: only {len(crop)} scan points within {crop_radius:g} of the nose tip "
-                       "(wrong units or nose tip?)")
+    if len(crop) < MIN_SCAN_POINTS:
+        raise MvfError(f"--gt: only {len(crop)} scan points within {crop_radius:g} of the nose tip, "
+                       f"at least {MIN_SCAN_POINTS} needed (too sparse a scan, wrong units or nose tip?)")
 
     # 1) initial alignment
     if pred_landmarks is not None:
@@ -370,6 +381,10 @@ def evaluate_meshes(pred: Mesh, gt: Mesh, pred_landmarks: np.ndarray | None = No
     t_init = time.perf_counter()
     # 3) ICP
     icp = scaled_icp(pred, crop, init, scale=scale, iters=icp_iters, tol_mm=tol_mm, method=icp_method)
+    change = icp.transform.s / init.s
+    if not 1.0 / MAX_ICP_SCALE_CHANGE <= change <= MAX_ICP_SCALE_CHANGE:
+        raise MvfError(f"ICP changed the scale by {change:.3g}x (limit {MAX_ICP_SCALE_CHANGE:g}x): "
+                       "the prediction and the scan are not the same kind of face mesh")
 
     t_icp = time.perf_counter()
     # 4) errors, scan -> aligned predicted surface

@@ -7,6 +7,12 @@ Format::
      "colours": [[r, g, b], ...]}                                                          # optional, [0, 1]
 
 ``pose`` may also be a list of per-view 6-vectors in the order front, left, right.
+
+Units and bounds (`check_params`, applied to every params file read and every face produced):
+``id`` are in standard deviations of the identity prior (unit N(0, 1) per mode), refused beyond
+``|id| > ID_BOUND`` (10 σ); ``exp`` are blendshape weights (nominal range [0, 1]), refused beyond
+``|exp| > EXP_BOUND`` (10); every number (id, exp, pose, colours) must be finite, and a pose's
+scale f (px/mm) positive.
 """
 from __future__ import annotations
 
@@ -22,6 +28,39 @@ from mvf.errors import file_error
 from mvf.face.model import FaceModel
 from mvf.fileio import write_json
 from renderer.views import VIEWS
+
+ID_BOUND = 10.0  # |id| limit, in standard deviations of the N(0, 1) identity prior
+EXP_BOUND = 10.0  # |exp| limit (blendshape weights, nominally in [0, 1])
+
+
+def check_params(source: str | os.PathLike, id: np.ndarray | torch.Tensor, exp: np.ndarray | torch.Tensor,
+                 poses: dict | np.ndarray | torch.Tensor | None = None,
+                 colours: np.ndarray | torch.Tensor | None = None) -> None:
+    """Refuse non-finite or absurd face parameters before any geometry is made from them.
+
+    ``id`` ``(K_id,)`` σ units, ``exp`` ``(K_exp,)``, ``poses`` view -> ``(6,)`` (or ``(V, 6)``),
+    ``colours`` ``(N, 3)``. `MvfError` ``"<source>: '<key>' ..."`` naming the first bad key.
+    """
+    def array(x) -> np.ndarray:
+        return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+
+    items = [("id", id, ID_BOUND), ("exp", exp, EXP_BOUND)]
+    if poses is not None:
+        named = poses.items() if isinstance(poses, dict) else zip(VIEWS, poses)
+        items += [(f"pose.{v}", p, None) for v, p in named]
+    if colours is not None:
+        items.append(("colours", colours, None))
+    for key, value, bound in items:
+        arr = array(value)
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            raise file_error(source, f"'{key}' holds NaN or infinite values (at index {int(np.argmax(bad.ravel()))})")
+        if key.startswith("pose.") and arr[0] <= 0:
+            raise file_error(source, f"'{key}' scale f = {arr[0]:.4g} must be positive (px/mm)")
+        if bound is not None and arr.size and np.abs(arr).max() > bound:
+            i = int(np.argmax(np.abs(arr).ravel()))
+            raise file_error(source, f"'{key}'[{i}] = {arr.ravel()[i]:.4g} is beyond the bound "
+                                     f"|{key}| <= {bound:g}" + (" (σ units)" if key == "id" else ""))
 
 
 @dataclass
@@ -55,7 +94,8 @@ class FaceParams:
 
 
 def save_params(path: str | os.PathLike, params: FaceParams) -> None:
-    """Write a params JSON atomically."""
+    """Write a params JSON atomically (`check_params` first: never a NaN in the file)."""
+    check_params(path, params.id, params.exp, params.pose, params.colours)
     write_json(path, params.to_json())
 
 
@@ -108,6 +148,7 @@ def load_params(path: str | os.PathLike, model: FaceModel) -> FaceParams:
             raise file_error(path, "'colours' must be N x 3 numbers") from None
         if colours.shape != (model.n_verts, 3):
             raise file_error(path, f"'colours' has shape {colours.shape}; expected ({model.n_verts}, 3)")
+    check_params(path, idc, exc, pose, colours)
     extra = {k: v for k, v in data.items() if k not in ("id", "exp", "pose", "colours")}
     return FaceParams(idc, exc, pose, colours, extra)
 

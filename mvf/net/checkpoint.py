@@ -42,8 +42,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_model_state(model: torch.nn.Module, state: dict, path: str | Path) -> None:
-    """Load a network state dict; `MvfError` naming ``path`` when it doesn't fit ``model``."""
+    """Load a network state dict; `MvfError` naming ``path`` when it doesn't fit ``model`` or holds
+    non-finite weights."""
     target = model.state_dict()
+    for k, v in state.items():
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise file_error(path, f"checkpoint weights '{k}' hold NaN or infinite values")
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]
     if missing or unexpected:

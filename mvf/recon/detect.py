@@ -22,8 +22,10 @@ Landmark files given by the user take precedence over detection (`read_landmark_
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +34,30 @@ import numpy as np
 from mvf.errors import MvfError, file_error
 from mvf.fileio import write_bytes
 
+# Mediapipe's native graph (TFLite, absl, glog) logs INFO/W0000 lines to file descriptor 2 from its
+# worker threads while it starts and runs; the variables quiet what honours them, and
+# `quiet_native_stderr` silences the rest, so a command's stderr holds only mvf's own lines.
+NATIVE_LOG_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Point file descriptor 2 at /dev/null while native code runs (Python exceptions still rise)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
 N_IBUG = 68
 N_MEDIAPIPE = 478
 MEDIAPIPE_PIXEL_OFFSET = 0.5  # mediapipe x * W (pixel-index frame) + 0.5 = mvf image frame
+MIN_LANDMARK_SPREAD_PX = 2.0  # landmark files whose points all lie closer together are refused
 
 # iBUG-68 -> mediapipe face-mesh index, one per point. "Right"/"left" are the SUBJECT's sides
 # (the subject's right is the image's left in a frontal photo). Chosen from mediapipe's mesh
@@ -108,16 +131,20 @@ class LandmarkDetector:
     """A mediapipe face-mesh detector; create once, reuse for many images, then `close()`.
 
     Usable as a context manager. ``min_detection_confidence`` is mediapipe's face-detection
-    threshold in [0, 1]. (Mediapipe's C++ graph prints a few INFO/W0000 lines to stderr from its
-    worker threads when it starts; they are harmless.)
+    threshold in [0, 1]. Mediapipe's native log lines are silenced (`quiet_native_stderr`).
     """
 
     def __init__(self, min_detection_confidence: float = 0.5):
-        import mediapipe as mp
+        for key, value in NATIVE_LOG_ENV.items():
+            os.environ.setdefault(key, value)
+        with quiet_native_stderr():
+            import absl.logging
+            import mediapipe as mp
 
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True, refine_landmarks=True, max_num_faces=1,
-            min_detection_confidence=float(min_detection_confidence))
+            absl.logging.set_verbosity(absl.logging.ERROR)
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True, refine_landmarks=True, max_num_faces=1,
+                min_detection_confidence=float(min_detection_confidence))
 
     def __enter__(self) -> "LandmarkDetector":
         return self
@@ -128,7 +155,8 @@ class LandmarkDetector:
     def close(self) -> None:
         """Release mediapipe's graph (idempotent)."""
         if self._mesh is not None:
-            self._mesh.close()
+            with quiet_native_stderr():
+                self._mesh.close()
             self._mesh = None
 
     def detect_raw(self, image: np.ndarray, source: str | os.PathLike = "<image>") -> np.ndarray:
@@ -141,7 +169,8 @@ class LandmarkDetector:
         if self._mesh is None:
             raise RuntimeError("LandmarkDetector is closed")
         img = _check_image(image, source)
-        result = self._mesh.process(img)
+        with quiet_native_stderr():
+            result = self._mesh.process(img)
         if not result.multi_face_landmarks:
             raise file_error(source, "no face found")
         lms = result.multi_face_landmarks[0].landmark
@@ -357,6 +386,15 @@ def read_landmark_file(path: str | os.PathLike) -> np.ndarray:
     return pts
 
 
+def read_face_landmarks(path: str | os.PathLike) -> np.ndarray:
+    """`read_landmark_file` for a face to crop and fit: also refuses points that span less than
+    `MIN_LANDMARK_SPREAD_PX` (no face, a crop of zero size)."""
+    pts = read_landmark_file(path)
+    if np.ptp(pts, axis=0).max() < MIN_LANDMARK_SPREAD_PX:
+        raise file_error(path, f"landmarks are degenerate (all within {MIN_LANDMARK_SPREAD_PX:g} px of one point)")
+    return pts
+
+
 def _parse_pts(path: Path) -> np.ndarray:
     try:
         text = path.read_text()
@@ -407,7 +445,7 @@ def load_or_detect(image: np.ndarray, image_path: str | os.PathLike,
     ``detector`` is required only when there is no landmark file.
     """
     if landmark_file is not None:
-        pts = read_landmark_file(landmark_file)
+        pts = read_face_landmarks(landmark_file)
         return Landmarks68(points=pts, visible=in_image(pts, image.shape[:2]),
                            yaw_deg=estimate_yaw(pts), raw478=None, source=str(landmark_file))
     if detector is None:

@@ -82,13 +82,12 @@ def write_outputs(rec: Reconstruction, out_dir: str | Path, backend: str = "auto
     out.mkdir(parents=True, exist_ok=True)
     timing = rec.timing = {**(timing or {}), **rec.timing}
     t = time.perf_counter()
-    written: list[Path] = []
+    save_params(out / "params.json", params_json(rec))  # first: it validates (finite, bounded) or refuses
+    written: list[Path] = [out / "params.json"]
     if rec.texture.texture is not None:
         written += save_mesh(out / "mesh.obj", rec.verts, face.faces, verts_uvs=face.verts_uvs,
                              faces_uvs=face.faces_uvs, texture=rec.texture.texture)
     written += save_mesh(out / "mesh.ply", rec.verts, face.faces, colours=rec.texture.colours)
-    save_params(out / "params.json", params_json(rec))
-    written.append(out / "params.json")
     timing["export"] = time.perf_counter() - t
     t = time.perf_counter()
     with torch.no_grad():

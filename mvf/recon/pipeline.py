@@ -21,6 +21,7 @@ from torch import Tensor
 from mvf.errors import MvfError
 from mvf.face.model import FaceModel
 from mvf.face.landmarks import LandmarkProjector
+from mvf.face.params import check_params
 from mvf.net.checkpoint import LoadedModel
 from mvf.face.landmarks import LandmarkSet
 from mvf.recon.calibrate import DEFAULT_SET, calibrated_fit_config, load_landmark_set
@@ -83,6 +84,7 @@ def predict_views(network: LoadedModel, crops: Tensor, names: tuple[str, ...]) -
     if s != size:
         x = tnf.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     out = predict(net, network.face, x[None], views=names)
+    check_params(f"{network.path} (network output)", out["id"][0], out["exp"][0], out["pose"][0])
     return {"id": out["id"][0], "exp": out["exp"][0], "pose": scale_poses(out["pose"][0], s / size)}
 
 
@@ -161,6 +163,7 @@ def reconstruct(views: Views, network: LoadedModel | None = None, fit_config: Fi
             timing[f"fit_{phase}"] = sec
         timing["fit_setup"] = time.perf_counter() - t - sum(result.seconds.values())  # around the phases
         ids, exps, poses = result.id, result.exp, result.poses
+        check_params(f"{views.paths[0]} (fitted face)", ids, exps, poses)
         landmarks = fitted_landmarks(face, result, fit_config.contour)
     else:
         ids, exps, poses = init["id"], init["exp"], init["pose"]

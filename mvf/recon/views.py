@@ -6,6 +6,12 @@
 mediapipe), checks the view order and cuts MVF-Net-style crops. Both return `Views`: crops
 ``(V, 3, S, S)`` in [0, 1] with the crop transform of every view, what `mvf.recon.pipeline`
 takes.
+
+Checks on every path: an image smaller than `MIN_IMAGE_SIDE` px is refused; two views that are
+the same picture or nearly so (mean absolute difference of `SAME_VIEW_SIZE` px grey thumbnails
+below `SAME_VIEW_MAD` grey levels of 255) give a warning; landmark files are read before any
+detection runs. Framed inputs larger than `FRAMED_MAX_SIDE` are shrunk once on reading, so no
+stage works at the photo's full size.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import torch
 import torch.nn.functional as tnf
 from torch import Tensor
@@ -21,8 +28,13 @@ from torch import Tensor
 from mvf.errors import MvfError, file_error
 from mvf.fileio import find_view_image, read_image
 from mvf.recon.crop import CropTransform, crop_image
-from mvf.recon.detect import LandmarkDetector, check_view_order, load_or_detect
+from mvf.recon.detect import LandmarkDetector, check_view_order, load_or_detect, read_face_landmarks
 from renderer.views import VIEWS
+
+MIN_IMAGE_SIDE = 32  # px: smaller images hold no usable face
+FRAMED_MAX_SIDE = 1024  # px: framed inputs are shrunk to at most this on reading
+SAME_VIEW_SIZE = 64  # px: side of the grey thumbnails compared by `same_view_warnings`
+SAME_VIEW_MAD = 2.0  # grey levels (of 255): mean abs difference below this = the same picture
 
 
 @dataclass
@@ -74,12 +86,8 @@ def gather_views(front: str | None = None, left: str | None = None, right: str |
         folder = Path(images_dir)
         if not folder.is_dir():
             raise file_error(folder, "image folder not found")
-        found = {}
-        for v in VIEWS:
-            try:
-                found[v] = find_view_image(folder, v)
-            except MvfError:
-                pass
+        found = {v: find_view_image(folder, v, missing_ok=True) for v in VIEWS}
+        found = {v: p for v, p in found.items() if p is not None}
         if not found:
             raise file_error(folder, "no front/left/right images (front.png, left.png, right.png)")
         return found
@@ -95,33 +103,65 @@ def views_from_args(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str
     return paths, lms
 
 
+def read_view_image(path: str | Path) -> np.ndarray:
+    """`mvf.fileio.read_image`, refusing images under `MIN_IMAGE_SIDE` px on a side."""
+    img = read_image(path)
+    h, w = img.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise file_error(path, f"image is {w}x{h} px: too small for a face (at least "
+                               f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE})")
+    return img
+
+
+def same_view_warnings(names: tuple[str, ...] | list[str], photos: list[np.ndarray],
+                       paths: list[Path]) -> list[str]:
+    """One warning per pair of views that are the same picture or nearly so (see module docstring)."""
+    thumbs = [np.asarray(Image.fromarray(p).convert("L").resize((SAME_VIEW_SIZE, SAME_VIEW_SIZE),
+                                                                 Image.Resampling.BILINEAR, reducing_gap=2.0),
+                         np.float32) for p in photos]
+    out = []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            mad = float(np.abs(thumbs[i] - thumbs[j]).mean())
+            if mad < SAME_VIEW_MAD:
+                out.append(f"{paths[j]}: the {names[j]} view is the same image as the {names[i]} view "
+                           f"({paths[i]}; mean difference {mad:.2f}/255): give one photo per view")
+    return out
+
+
 def _to_tensor(image: np.ndarray) -> Tensor:
     """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float in [0, 1]."""
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255.0)
 
 
 def framed_views(paths: dict[str, Path], size: int | None = None) -> Views:
-    """Square images already in the model's framing; resized to ``size`` px if given (else kept).
+    """Square images already in the model's framing; resized to ``size`` px if given (else kept,
+    at most `FRAMED_MAX_SIDE`).
 
-    `MvfError` naming the file for unreadable or non-square images.
+    `MvfError` naming the file for unreadable, tiny or non-square images.
     """
     names = tuple(v for v in VIEWS if v in paths)
     crops, transforms, photos = [], [], []
     for v in names:
-        img = read_image(paths[v])
+        img = read_view_image(paths[v])
         h, w = img.shape[:2]
         if h != w:
             raise file_error(paths[v], f"image is {w}x{h}: expected a square crop in the training framing")
-        t = _to_tensor(img)
-        s = size or w
-        if s != w:
-            t = tnf.interpolate(t[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)[0]
+        s = size or min(w, FRAMED_MAX_SIDE)
+        if s < w:  # shrink in uint8 (antialiased, as torch's antialias=True), not a float copy of the photo
+            t = _to_tensor(np.asarray(Image.fromarray(img).resize((s, s), Image.Resampling.BILINEAR)))
+        else:
+            t = _to_tensor(img)
+            if s != w:
+                t = tnf.interpolate(t[None], size=(s, s), mode="bilinear", align_corners=False)[0]
         crops.append(t)
         transforms.append(CropTransform(s / w, (0.0, 0.0), s))
         photos.append(img)
     if len({c.shape for c in crops}) > 1:
         raise MvfError(f"{paths[names[0]]}: the views differ in size; pass images of one size")
-    return Views(names, torch.stack(crops), transforms, photos, [Path(paths[v]) for v in names])
+    files = [Path(paths[v]) for v in names]
+    return Views(names, torch.stack(crops), transforms, photos, files,
+                 warnings=same_view_warnings(names, photos, files))
 
 
 def detect_views(paths: dict[str, Path], size: int = 224, landmark_files: dict[str, Path] | None = None,
@@ -136,15 +176,17 @@ def detect_views(paths: dict[str, Path], size: int = 224, landmark_files: dict[s
             the model's framing (resized to ``size``) and only finds their landmarks.
     Raises `MvfError` naming the image for unreadable images, no face or bad landmark files.
     """
-    landmark_files = landmark_files or {}
-    photos = {v: read_image(p) for v, p in paths.items()}
+    landmark_files = {v: f for v, f in (landmark_files or {}).items() if v in paths}
+    for f in landmark_files.values():  # bad landmark files are reported before detection runs
+        read_face_landmarks(f)
+    photos = {v: read_view_image(p) for v, p in paths.items()}
+    warnings = same_view_warnings(tuple(photos), list(photos.values()), [Path(paths[v]) for v in photos])
     detector = LandmarkDetector() if any(v not in landmark_files for v in paths) else None
     try:
         lms = {v: load_or_detect(photos[v], paths[v], landmark_files.get(v), detector) for v in paths}
     finally:
         if detector is not None:
             detector.close()
-    warnings: list[str] = []
     check = check_view_order({v: lm.yaw_deg for v, lm in lms.items()})
     slot_of = {v: v for v in paths}
     if check.warnings:
