@@ -116,6 +116,14 @@ def test_resume_skips_unreadable_checkpoints(tiny_synth, straight, tmp_path, cap
     assert read_csv(run / "val.csv") == read_csv(straight / "val.csv")  # step 4's row not twice
     _same_weights(straight, run)
     assert sorted(p.name for p in run.glob("step-*.pt")) == [f"step-000000{k}.pt" for k in (2, 4, 6)]
+    # killed while replacing last.pt: the old last.pt (step 2) is older than step-0000006.pt,
+    # which is taken; nothing is left to train, so nothing is saved, validated or logged again
+    shutil.copyfile(run / "step-0000002.pt", run / "last.pt")
+    logs = [(run / n).read_bytes() for n in ("train.csv", "val.csv")]
+    assert main([*args, "--steps", "6", "--resume"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"notice: {run / 'last.pt'}: at step 2; resuming from step-0000006.pt (step 6)"]
+    assert [(run / n).read_bytes() for n in ("train.csv", "val.csv")] == logs
 
 
 def test_fresh_run_over_a_killed_runs_logs_starts_them_afresh(tiny_synth, straight, tmp_path):

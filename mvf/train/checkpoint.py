@@ -53,26 +53,32 @@ def step_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def load_resume_checkpoint(run_dir: str | Path) -> tuple[dict[str, Any], Path, str | None]:
-    """The checkpoint to resume a run from: ``last.pt``, or when that is missing or unreadable
-    (a run killed while writing it) the newest ``step-*.pt`` that loads completely.
+    """The checkpoint to resume a run from: ``last.pt``, unless a kill while writing it left it
+    missing, unreadable or older than a ``step-*.pt``; then the newest step file that loads.
 
-    Returns ``(checkpoint, its path, notice)``; ``notice`` is a one-line explanation when it fell
-    back to a step file, else None. `MvfError` (last.pt's own error) when nothing loads.
+    Returns ``(checkpoint, its path, notice)``; ``notice`` is a one-line explanation when it took
+    a step file, else None. `MvfError` (last.pt's own error) when nothing loads.
     """
     run_dir = Path(run_dir)
     last = run_dir / LAST_NAME
+    ckpt, error = None, None
     try:
-        return load_checkpoint(last), last, None
+        ckpt = load_checkpoint(last)
     except MvfError as e:
-        first_error = e
+        error = e
+    done = -1 if ckpt is None else int(ckpt["step"])
     for step, path in reversed(step_checkpoints(run_dir)):
+        if step <= done:
+            break
         try:
-            ckpt = load_checkpoint(path)
+            newer = load_checkpoint(path)
         except MvfError:
             continue
-        why = "missing" if not last.exists() else "unreadable"
-        return ckpt, path, f"{last}: {why}; resuming from {path.name} (step {int(ckpt['step'])})"
-    raise first_error
+        why = ("missing" if not last.exists() else "unreadable") if ckpt is None else f"at step {done}"
+        return newer, path, f"{last}: {why}; resuming from {path.name} (step {int(newer['step'])})"
+    if ckpt is None:
+        raise error
+    return ckpt, last, None
 
 
 __all__ = ["LAST_NAME", "load_checkpoint", "load_model_state", "load_resume_checkpoint", "rng_state",

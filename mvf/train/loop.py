@@ -530,9 +530,10 @@ class Trainer:
                         last_saved = self.step
                     if done:  # a time budget can end the stage before its planned steps
                         break
-            if self.step > 0 and last_saved != self.step:
+            # (a resumed run with nothing left to do saves and validates nothing: no row twice)
+            if steps_done > 0 and last_saved != self.step:
                 self.checkpoint()
-            if self.step > 0 and last_validated != self.step and self.plan:
+            if steps_done > 0 and last_validated != self.step and self.plan:
                 ran = [st for st in self.plan[: self.stage_index + 1] if st.steps > 0]
                 last_val = self.validate(ran[-1] if ran else self.plan[self.stage_index])
             if self.info.enabled:
