@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +38,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# what a killed process leaves of atomic_path's temporaries (".last.k2j4x9q_.tmp.pt", mkstemp's
+# 8 random characters) and of prepare_output_dir's write check
+TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[^./]+)?|\.mvf-write-check\.[a-z0-9_]{8}")
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the orphaned temporaries (`TEMPORARY_NAME`) in ``folder``; returns them."""
+    folder = Path(folder)
+    gone = [p for p in folder.iterdir() if TEMPORARY_NAME.fullmatch(p.name) and p.is_file()] if folder.is_dir() else []
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def prepare_output_dir(path: str | os.PathLike) -> Path:

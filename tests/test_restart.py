@@ -136,8 +136,8 @@ def test_fresh_run_over_a_killed_runs_logs_starts_them_afresh(tiny_synth, straig
     for p in run.glob("*.pt"):
         if p.name != "best.pt":
             p.unlink()
-    (run / ".step-0000006.x1y2z3.tmp.pt").write_bytes(b"half a checkpoint")
-    (run / ".train.q9w8.tmp.csv").write_text("step\n")
+    (run / ".step-0000006.x1y2z3_q.tmp.pt").write_bytes(b"half a checkpoint")
+    (run / ".train.q9w8abcd.tmp.csv").write_text("step\n")
     old_events = sorted((run / "tb").glob("events.out.tfevents.*"))
     assert len(old_events) == 1 and _steps(run) == [1, 2, 3, 4, 5]
     assert main([*args, "--steps", "6"]) == 0

@@ -260,12 +260,18 @@ def test_damaged_subjects_are_made_again(model, tmp_path):
     (sub[2] / "left.png").write_bytes(left[: len(left) - 40])
     (sub[3] / MARKER_NAME).unlink()  # older version, intact: kept
     kept = {p.name: p.stat().st_mtime_ns for p in subject_files(sub[3])}
+    # what a kill during atomic writes leaves (mkstemp names), cleaned when the folder is written
+    orphans = [sub[0] / ".left.k2j4x9q_.tmp.png", out / ".index.a1b2c3d4.tmp.json"]
+    for p in orphans:
+        p.write_bytes(b"partial")
     assert [subject_verified(d) for d in sub] == [False, False, False, True]
     assert all(subject_complete(d) for d in sub)  # what readers check: files exist
     stats = generate(out, 4, seed=3, **kw)
     assert (stats.made, stats.skipped) == (3, 1)
     assert {p.name: p.stat().st_mtime_ns for p in subject_files(sub[3])} == kept
     assert not (sub[3] / MARKER_NAME).exists()
+    left = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert left == [rel for rel in files if rel != sub[3].relative_to(out) / MARKER_NAME]
     for rel in files:
         if rel != sub[3].relative_to(out) / MARKER_NAME:
             assert (out / rel).read_bytes() == (ref / rel).read_bytes(), rel

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from mvf.errors import MvfError, file_error
-from mvf.fileio import write_bytes, write_json
+from mvf.fileio import remove_temporaries, write_bytes, write_json
 from mvf.io.ply import ply_bytes, read as read_ply
 from renderer.views import VIEWS
 
@@ -186,11 +186,13 @@ def png_bytes(image: np.ndarray, compress_level: int = 1) -> bytes:
 def write_subject(subject_dir: str | os.PathLike, images: np.ndarray, verts: np.ndarray,
                   faces: np.ndarray, labels: dict[str, np.ndarray], compress_level: int = 1) -> None:
     """Write one subject: three PNGs ``images`` ``(V, H, W, 3)`` uint8, the mesh, labels, and
-    last the ``done.json`` marker with their checksums (an old marker is removed first)."""
+    last the ``done.json`` marker with their checksums (an old marker and orphaned temporaries
+    are removed first)."""
     d = Path(subject_dir)
     d.mkdir(parents=True, exist_ok=True)
     check_labels(labels, d / LABELS_NAME)
     (d / MARKER_NAME).unlink(missing_ok=True)
+    remove_temporaries(d)  # a killed run's
     contents = {f"{view}.png": png_bytes(img, compress_level) for view, img in zip(VIEWS, images)}
     contents[MESH_NAME] = ply_bytes(verts, faces, labels["colours"], comment="mvf synthetic ground truth, mm")
     contents[LABELS_NAME] = encode_labels(labels)

@@ -40,6 +40,7 @@ from mvf.data.format import (
 )
 from mvf.data.sampling import SubjectDraw, sample_distractor, sample_subject
 from mvf.errors import MvfError
+from mvf.fileio import remove_temporaries
 from renderer.views import VIEWS
 from renderer import interpolate_vertex_attr, rasterize
 from renderer.config import check_backend
@@ -373,6 +374,7 @@ def generate(out: str | Path, n_subjects: int, seed: int, cfg: SynthConfig, mode
     todo = [i for i in wanted if subject_name(i) not in verified and not subject_verified(out / subject_name(i))]
     done = set(existing) | {subject_name(i) for i in wanted if i not in set(todo)}
     out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out)  # a killed run's (subject folders: when their subject is made again)
     write_index(out, {**settings, "subjects": sorted(done)})
 
     gen = SynthGenerator(cfg, model, size=size, backend=backend)

@@ -8,14 +8,11 @@
 """
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
-from mvf.fileio import prepare_output_dir
+from mvf.fileio import prepare_output_dir, remove_temporaries
 
-# atomic_path's temporaries (".last.k2j4.tmp.pt") and prepare_output_dir's write probes
-TEMPORARY = re.compile(r"\..+\.tmp(\.[^.]+)?|\.mvf-write-check\..+")
 SUBFOLDERS = ("tb", "pictures")  # folders a run writes into
 
 
@@ -40,14 +37,7 @@ class RunFolder:
 
     def remove_temporaries(self) -> list[Path]:
         """Delete orphaned temporary files of atomic writes; returns them."""
-        gone = []
-        for folder in (self.path, *(self.path / s for s in SUBFOLDERS)):
-            if not folder.is_dir():
-                continue
-            for p in folder.iterdir():
-                if p.is_file() and TEMPORARY.fullmatch(p.name):
-                    p.unlink(missing_ok=True)
-                    gone.append(p)
+        gone = [p for folder in (self.path, *(self.path / s for s in SUBFOLDERS)) for p in remove_temporaries(folder)]
         self.before -= set(gone)
         return gone
 
