@@ -6,11 +6,13 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import imageio.v3 as iio
+from PIL import Image
 
 from mvf.errors import file_error
 
@@ -99,7 +101,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise file_error(path, "image not found")
     try:
-        img = np.asarray(iio.imread(path))
+        with warnings.catch_warnings():  # large photos are fine up to PIL's hard limit (below)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = np.asarray(iio.imread(path))
+    except Image.DecompressionBombError:
+        raise file_error(path, f"image too large (over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} million pixels)") from None
     except Exception:
         raise file_error(path, "unreadable image (not a valid PNG/JPEG file)") from None
     if img.ndim == 2:

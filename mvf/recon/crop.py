@@ -8,7 +8,8 @@ The crop follows MVF-Net's released test code (``tools.crop_image``), in float p
 * where the square leaves the photo it is padded, with black (``pad="constant"``, MVF-Net's
   choice) or by repeating the border pixels (``pad="edge"``);
 * the square is resampled to ``out_size`` x ``out_size`` (224 by default) with PIL's bicubic
-  filter (which low-pass filters when shrinking).
+  filter (which low-pass filters when shrinking; from large photos after a box reduce, see
+  `REDUCING_GAP`).
 
 Frames (docs/conventions.md): pixel ``(i, j)`` is centred at ``(i + 0.5, j + 0.5)`` in both the
 full photo and the crop. A full-photo point ``p`` lands at ``(p - offset) * scale`` in the crop,
@@ -28,6 +29,9 @@ from mvf.errors import MvfError
 ENLARGE = 1.5         # square side / larger side of the landmark bounding box
 VERTICAL_SHIFT = 0.12  # box centre moved up by this fraction of the box height
 PAD_MODES = ("constant", "edge")
+# Large shrinks go in two steps, PIL's box reduce by an integer factor then the filter, when the
+# factor exceeds this: as exact to the eye (PIL's docs), many times faster on large photos.
+REDUCING_GAP = 3.0
 
 
 @dataclass(frozen=True)
@@ -144,10 +148,13 @@ def crop_image(image: np.ndarray, landmarks, out_size: int = 224, factor: float 
     pads = ((max(0, -iy0), max(0, iy1 - h)), (max(0, -ix0), max(0, ix1 - w)), (0, 0))
     if sx1 > sx0 and sy1 > sy0:
         sub = img[sy0:sy1, sx0:sx1]
-        window = np.pad(sub, pads, mode=pad) if pad == "edge" else np.pad(sub, pads)
+        if not any(any(p) for p in pads):
+            window = sub  # inside the photo: no padded copy
+        else:
+            window = np.pad(sub, pads, mode=pad) if pad == "edge" else np.pad(sub, pads)
     else:  # the box misses the photo entirely
         window = np.zeros((iy1 - iy0, ix1 - ix0, 3), np.uint8)
     box = (x0 - ix0, y0 - iy0, x0 - ix0 + side, y0 - iy0 + side)
     crop = Image.fromarray(np.ascontiguousarray(window)).resize(
-        (out_size, out_size), Image.Resampling.BICUBIC, box=box)
+        (out_size, out_size), Image.Resampling.BICUBIC, box=box, reducing_gap=REDUCING_GAP)
     return np.asarray(crop), CropTransform(out_size / side, (x0, y0), int(out_size))

@@ -22,6 +22,7 @@ from mvf.face.mesh import vertex_normals
 from mvf.face.params import FaceParams, save_params
 from mvf.fileio import write_image, write_json
 from mvf.io import save_mesh
+from mvf.recon.crop import REDUCING_GAP
 from mvf.recon.fit import scale_poses
 from mvf.recon.pipeline import Reconstruction
 from renderer.pictures import overlay_sheet
@@ -58,7 +59,8 @@ def overlay(rec: Reconstruction, index: int, backend: str = "auto",
     photo = views.photos[index]
     scale = min(1.0, max_side / max(photo.shape[:2]))
     h, w = int(round(photo.shape[0] * scale)), int(round(photo.shape[1] * scale))
-    base = photo if scale == 1.0 else np.asarray(Image.fromarray(photo).resize((w, h), Image.Resampling.BILINEAR))
+    base = photo if scale == 1.0 else np.asarray(Image.fromarray(photo).resize(
+        (w, h), Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP))
     tf = views.transforms[index]
     pose = scale_poses(tf.pose_to_full(rec.poses[index]).float(), scale)
     marks = []

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from mvf.errors import MvfError, file_error
 from mvf.fileio import find_view_image, read_image
-from mvf.recon.crop import CropTransform, crop_image
+from mvf.recon.crop import REDUCING_GAP, CropTransform, crop_image
 from mvf.recon.detect import LandmarkDetector, check_view_order, load_or_detect, read_face_landmarks
 from renderer.views import VIEWS
 
@@ -116,9 +116,9 @@ def read_view_image(path: str | Path) -> np.ndarray:
 def same_view_warnings(names: tuple[str, ...] | list[str], photos: list[np.ndarray],
                        paths: list[Path]) -> list[str]:
     """One warning per pair of views that are the same picture or nearly so (see module docstring)."""
-    thumbs = [np.asarray(Image.fromarray(p).convert("L").resize((SAME_VIEW_SIZE, SAME_VIEW_SIZE),
-                                                                 Image.Resampling.BILINEAR, reducing_gap=2.0),
-                         np.float32) for p in photos]
+    thumbs = [np.asarray(Image.fromarray(p).resize((SAME_VIEW_SIZE, SAME_VIEW_SIZE), Image.Resampling.BILINEAR,
+                                                   reducing_gap=REDUCING_GAP).convert("L"), np.float32)
+              for p in photos]
     out = []
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
@@ -141,7 +141,7 @@ def framed_views(paths: dict[str, Path], size: int | None = None) -> Views:
     `MvfError` naming the file for unreadable, tiny or non-square images.
     """
     names = tuple(v for v in VIEWS if v in paths)
-    crops, transforms, photos = [], [], []
+    crops, transforms, photos, shrunk = [], [], [], []
     for v in names:
         img = read_view_image(paths[v])
         h, w = img.shape[:2]
@@ -149,7 +149,9 @@ def framed_views(paths: dict[str, Path], size: int | None = None) -> Views:
             raise file_error(paths[v], f"image is {w}x{h}: expected a square crop in the training framing")
         s = size or min(w, FRAMED_MAX_SIDE)
         if s < w:  # shrink in uint8 (antialiased, as torch's antialias=True), not a float copy of the photo
-            t = _to_tensor(np.asarray(Image.fromarray(img).resize((s, s), Image.Resampling.BILINEAR)))
+            small = np.asarray(Image.fromarray(img).resize((s, s), Image.Resampling.BILINEAR,
+                                                           reducing_gap=REDUCING_GAP))
+            t = _to_tensor(small)
         else:
             t = _to_tensor(img)
             if s != w:
@@ -157,11 +159,12 @@ def framed_views(paths: dict[str, Path], size: int | None = None) -> Views:
         crops.append(t)
         transforms.append(CropTransform(s / w, (0.0, 0.0), s))
         photos.append(img)
+        shrunk.append(small if s < w else img)
     if len({c.shape for c in crops}) > 1:
         raise MvfError(f"{paths[names[0]]}: the views differ in size; pass images of one size")
     files = [Path(paths[v]) for v in names]
     return Views(names, torch.stack(crops), transforms, photos, files,
-                 warnings=same_view_warnings(names, photos, files))
+                 warnings=same_view_warnings(names, shrunk, files))
 
 
 def detect_views(paths: dict[str, Path], size: int = 224, landmark_files: dict[str, Path] | None = None,
