@@ -102,6 +102,15 @@ def test_unavailable_device_is_one_line(device, needle, tmp_path, capsys, smoke_
     assert not out.exists()
 
 
+@pytest.mark.parametrize("device", ["cuda:7", "tpu9"])
+def test_unavailable_device_for_synth(device, tmp_path, capsys):
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    out = tmp_path / "synth"
+    refused(capsys, ["synth", "--out", str(out), "--subjects", "1", "--device", device], f"--device {device}")
+    assert files_under(out) == []
+
+
 # ----------------------------------------------------------------------------- 3. finite values
 @pytest.mark.parametrize("ids,needle", [("[NaN, 0.0]", "NaN"), ("[0.0, Infinity]", "NaN or infinite"),
                                         ("[1e6]", f"|id| <= {ID_BOUND:g}"), ("[0.0, -10.5]", "beyond the bound")])

@@ -4,12 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from mvf.config import load_config
 from mvf.data.config import SynthConfig
 from mvf.data.synth import generate
-from mvf.errors import MvfError
+from mvf.errors import MvfError, check_device
 from mvf.face.model import FaceModel
 from mvf.fileio import prepare_output_dir
 
@@ -41,8 +39,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.subjects < 1:
         raise MvfError(f"--subjects {args.subjects}: must be at least 1")
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise MvfError(f"--device {args.device}: CUDA is not available here")
+    check_device(args.device)
     cfg = load_config(args.config, SynthConfig, args.set)
     model = FaceModel.load(args.model, device=args.device)
     prepare_output_dir(args.out)  # before any rendering: a file in the way is one line
