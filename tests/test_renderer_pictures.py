@@ -73,8 +73,9 @@ def test_visualize_command_random_then_params(tmp_path, capsys):
     ("{not json", "not valid JSON"),
     ('{"id": [], "exp": [], "pose": {"front": [1, 0, 0, 0, 1, 1]}}', "lacks view 'left'"),
     ('{"id": [], "exp": [], "pose": [[1, 0, 0, 0, 1], [1, 0, 0, 0, 1, 1], [1, 0, 0, 0, 1, 1]]}', "6 numbers"),
-    ('{"id": [1e9] , "exp": [], "poses": []}', "lacks view 'front'"),  # extra keys are ignored
-    ('{"id": [0.0] , "exp": [], "pose": [[0, 0, 0, 0, 1, 1], [1, 0, 0, 0, 1, 1], [1, 0, 0, 0, 1, 1]]}', "f must be positive"),
+    ('{"id": [1.0] , "exp": [], "poses": []}', "lacks view 'front'"),  # extra keys are ignored
+    ('{"id": [1e9] , "exp": [], "pose": []}', "beyond the bound"),
+    ('{"id": [0.0] , "exp": [], "pose": [[0, 0, 0, 0, 1, 1], [1, 0, 0, 0, 1, 1], [1, 0, 0, 0, 1, 1]]}', "f = 0 must be positive"),
 ])
 def test_visualize_bad_params_exit_2_with_one_line(tmp_path, capsys, content, needle):
     images = tmp_path / "imgs"
