@@ -322,3 +322,27 @@ def test_fit_config_file_and_validation():
                 "cross_view.normalise=hdr", "pose_step=[1, 2]"):
         with pytest.raises(MvfError):
             load_config(None, FitConfig, [bad])
+
+
+def test_tensor_adam_matches_torch_optim_adam():
+    """The fit's one-tensor Adam (no torch._dynamo import) makes torch.optim.Adam's updates,
+    with the learning rate changed between steps as the cross-view schedule does."""
+    from mvf.recon.fit import TensorAdam
+
+    torch.manual_seed(0)
+    target = torch.randn(40, dtype=torch.float64)
+    a = torch.zeros(40, dtype=torch.float64, requires_grad=True)
+    b = a.detach().clone().requires_grad_(True)
+    ours, ref = TensorAdam(a, lr=0.05), torch.optim.Adam([b], lr=0.05)
+    for it in range(30):
+        lr = 0.05 * (0.1 + 0.45 * (1.0 + math.cos(math.pi * it / 30)))
+        ours.lr = lr
+        ref.param_groups[0]["lr"] = lr
+        for p in (a, b):
+            ((p - target) ** 4).sum().backward()
+        ours.step()
+        ref.step()
+        ref.zero_grad(set_to_none=True)
+        assert a.grad is None
+    assert torch.allclose(a, b, rtol=0, atol=1e-12) and float((a - b).abs().max()) < 1e-12
+    assert float((a - target).abs().max()) < float(target.abs().max())  # it moved towards the target
