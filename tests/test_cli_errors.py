@@ -75,3 +75,20 @@ def test_output_under_a_file_is_one_line_exit_2(tmp_path, capsys):
     assert main(["export", "--random", "--seed", "0", "--out", str(blocker / "face.obj")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(blocker) in err and "Traceback" not in err
+
+
+def test_a_run_imports_only_its_own_command(tmp_path):
+    """`mvf export ...` builds the parser of export alone (no training or calibration modules
+    imported); `mvf --help` still lists every subcommand."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mvf.cli import main; "
+            f"rc = main(['export', '--random', '--seed', '1', '--out', {str(tmp_path / 'r.ply')!r}]); "
+            "print(rc, 'mvf.train.loop' in sys.modules, 'mvf.recon.calibrate' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-3:] == ["0", "False", "False"], out
+    assert (tmp_path / "r.ply").is_file()
+    helps = subprocess.run([sys.executable, "-m", "mvf", "--help"], capture_output=True, text=True).stdout
+    for name in ("build-model", "export", "visualize", "synth", "train", "reconstruct", "fit", "evaluate"):
+        assert name in helps

@@ -44,3 +44,14 @@ def test_prepare_output_file_refuses_a_folder(tmp_path):
     with pytest.raises(MvfError, match="is a folder"):
         prepare_output_file(tmp_path)
     assert prepare_output_file(tmp_path / "new" / "m.obj").parent.is_dir()
+
+
+def test_written_png_round_trips_exactly(tmp_path):
+    """PNGs are written at `PNG_COMPRESS_LEVEL` (lossless): the pixels read back are the same."""
+    import numpy as np
+
+    from mvf.fileio import read_image, write_image
+
+    img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    write_image(tmp_path / "a.png", img)
+    assert np.array_equal(read_image(tmp_path / "a.png"), img)
