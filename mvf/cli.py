@@ -37,8 +37,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    chosen = argv[0].replace("-", "_") if argv and argv[0].replace("-", "_") in COMMANDS else None
-    parser = build_parser(chosen)
+    name = argv[0].replace("-", "_") if argv else None
+    parser = build_parser(name if name in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
