@@ -34,6 +34,12 @@ PAD_MODES = ("constant", "edge")
 REDUCING_GAP = 3.0
 
 
+def shrink_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(H, W, 3)`` uint8 resized to ``size = (w, h)`` px: bilinear, antialiased, in two steps
+    (`REDUCING_GAP`) for large shrinks; uint8 out, so no float copy of a large photo is made."""
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP))
+
+
 @dataclass(frozen=True)
 class CropTransform:
     """Similarity (scale + translation) from full-photo pixels to crop pixels.

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from mvf.face.mesh import vertex_normals
 from mvf.face.params import FaceParams, save_params
 from mvf.fileio import write_image, write_json
 from mvf.io import save_mesh
-from mvf.recon.crop import REDUCING_GAP
+from mvf.recon.crop import shrink_image
 from mvf.recon.fit import scale_poses
 from mvf.recon.pipeline import Reconstruction
 from renderer.pictures import overlay_sheet
@@ -59,8 +58,7 @@ def overlay(rec: Reconstruction, index: int, backend: str = "auto",
     photo = views.photos[index]
     scale = min(1.0, max_side / max(photo.shape[:2]))
     h, w = int(round(photo.shape[0] * scale)), int(round(photo.shape[1] * scale))
-    base = photo if scale == 1.0 else np.asarray(Image.fromarray(photo).resize(
-        (w, h), Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP))
+    base = photo if scale == 1.0 else shrink_image(photo, (w, h))
     tf = views.transforms[index]
     pose = scale_poses(tf.pose_to_full(rec.poses[index]).float(), scale)
     marks = []

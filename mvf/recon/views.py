@@ -27,7 +27,7 @@ from torch import Tensor
 
 from mvf.errors import MvfError, file_error
 from mvf.fileio import find_view_image, read_image
-from mvf.recon.crop import REDUCING_GAP, CropTransform, crop_image
+from mvf.recon.crop import CropTransform, crop_image, shrink_image
 from mvf.recon.detect import LandmarkDetector, check_view_order, load_or_detect, read_face_landmarks
 from renderer.views import VIEWS
 
@@ -116,8 +116,7 @@ def read_view_image(path: str | Path) -> np.ndarray:
 def same_view_warnings(names: tuple[str, ...] | list[str], photos: list[np.ndarray],
                        paths: list[Path]) -> list[str]:
     """One warning per pair of views that are the same picture or nearly so (see module docstring)."""
-    thumbs = [np.asarray(Image.fromarray(p).resize((SAME_VIEW_SIZE, SAME_VIEW_SIZE), Image.Resampling.BILINEAR,
-                                                   reducing_gap=REDUCING_GAP).convert("L"), np.float32)
+    thumbs = [np.asarray(Image.fromarray(shrink_image(p, (SAME_VIEW_SIZE, SAME_VIEW_SIZE))).convert("L"), np.float32)
               for p in photos]
     out = []
     for i in range(len(names)):
@@ -149,8 +148,7 @@ def framed_views(paths: dict[str, Path], size: int | None = None) -> Views:
             raise file_error(paths[v], f"image is {w}x{h}: expected a square crop in the training framing")
         s = size or min(w, FRAMED_MAX_SIDE)
         if s < w:  # shrink in uint8 (antialiased, as torch's antialias=True), not a float copy of the photo
-            small = np.asarray(Image.fromarray(img).resize((s, s), Image.Resampling.BILINEAR,
-                                                           reducing_gap=REDUCING_GAP))
+            small = shrink_image(img, (s, s))
             t = _to_tensor(small)
         else:
             t = _to_tensor(img)
