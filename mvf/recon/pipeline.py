@@ -68,10 +68,27 @@ class Reconstruction:
         return float((dist * vis).sum() / vis.sum().clamp_min(1)), per_view
 
 
+def network_points(views: Views, network: LoadedModel) -> Tensor | None:
+    """The detector points ``(V, K, 2)`` crop px a ``geometry_input: detector`` network reads (the
+    calibrated set's points, `mvf.recon.calibrate`), or None for other networks."""
+    if not network.net.detector_input:
+        return None
+    if views.detector_points is None:
+        raise MvfError(f"{network.path}: this network reads the detector's points; give photos with "
+                       "--crop detect and no landmark files")
+    lset = load_landmark_set(None, network.face)
+    if lset is None or lset.n_points != network.net.geometry_points:
+        raise MvfError(f"{DEFAULT_SET}: calibrated landmark set missing or not the one {network.path} "
+                       "was trained with; run `mvf build-model --landmarks-only`")
+    return views.detector_points[:, lset.source_index]
+
+
 @torch.no_grad()
-def predict_views(network: LoadedModel, crops: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:
+def predict_views(network: LoadedModel, crops: Tensor, names: tuple[str, ...],
+                  points: Tensor | None = None) -> dict[str, Tensor]:
     """The network's ``id (K,)``, ``exp (K,)``, ``pose (V, 6)`` for crops ``(V, 3, S, S)``, poses
-    in the crops' pixels (the crops are resized to the network's input size)."""
+    in the crops' pixels (the crops are resized to the network's input size). ``points``: the
+    detector points ``(V, K, 2)`` crop px of a detector-input network (`network_points`)."""
     net = network.net
     try:
         net.check_views(names, len(names))
@@ -82,7 +99,8 @@ def predict_views(network: LoadedModel, crops: Tensor, names: tuple[str, ...]) -
     x = crops.to(device)
     if s != size:
         x = tnf.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    out = predict(net, network.face, x[None], views=names)
+    pts = None if points is None else (points.to(device) * (size / s))[None]
+    out = predict(net, network.face, x[None], views=names, detector_points=pts)
     return {"id": out["id"][0], "exp": out["exp"][0], "pose": scale_poses(out["pose"][0], s / size)}
 
 
@@ -147,7 +165,7 @@ def reconstruct(views: Views, network: LoadedModel | None = None, fit_config: Fi
     init = None
     if network is not None:
         t = time.perf_counter()
-        init = predict_views(network, views.crops, views.names)
+        init = predict_views(network, views.crops, views.names, network_points(views, network))
         timing["network"] = time.perf_counter() - t
     result = None
     if fit_config is not None:
