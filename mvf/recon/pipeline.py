@@ -10,6 +10,7 @@ are resized to the network's input size and its poses scaled back to crop pixels
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -66,6 +67,25 @@ class Reconstruction:
         per_view = {v: float((dist[i] * vis[i]).sum() / vis[i].sum().clamp_min(1))
                     for i, v in enumerate(self.views.names)}
         return float((dist * vis).sum() / vis.sum().clamp_min(1)), per_view
+
+
+# `mvf reconstruct --checkpoint` with a detector-input network: the regression followed by this fit,
+# chosen on the tuning set of tools/bench_real.py (see README "Real photos")
+NETWORK_FIT_DEFAULTS = {"landmark_steps": 40, "photo_steps": 20}
+
+
+def network_fit_config(network: LoadedModel, cfg: FitConfig, refine_steps: int | None) -> FitConfig | None:
+    """The fit after ``network``'s prediction: None (the regression alone) for ``refine_steps`` 0,
+    ``refine_steps`` landmark steps when given; by default none for image-framing networks and
+    ``cfg`` with `NETWORK_FIT_DEFAULTS` (keys left at their defaults) for detector-input ones."""
+    if refine_steps is not None:
+        if refine_steps <= 0:
+            return None
+        return dataclasses.replace(cfg, landmark_steps=refine_steps)
+    if not network.net.detector_input:
+        return None
+    base = FitConfig()
+    return dataclasses.replace(cfg, **{k: v for k, v in NETWORK_FIT_DEFAULTS.items() if getattr(cfg, k) == getattr(base, k)})
 
 
 def network_points(views: Views, network: LoadedModel) -> Tensor | None:
