@@ -77,7 +77,8 @@ def report(recon: Path, subject_dir: Path) -> dict:
     pred = params.decode(model)[None]
     gt = model.decode(torch.from_numpy(labels["id"])[None], torch.from_numpy(labels["exp"])[None])
     rmse = float(aligned_rmse(pred, gt).mean())
-    poses = params.poses(VIEWS)[None]
+    full = json.loads((recon / "params.json").read_text()).get("pose_full")  # photo px (detected + cropped)
+    poses = (torch.tensor([full[v] for v in VIEWS], dtype=torch.float32) if full else params.poses(VIEWS))[None]
     lm = model.landmark_projector()(pred, poses)[0]
     gt_lm = torch.from_numpy(labels["landmarks"]).float()
     vis = torch.from_numpy(labels["landmark_visible"]).float()
