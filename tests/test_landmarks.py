@@ -219,3 +219,27 @@ def test_detections_are_in_the_pixel_centre_frame(detector):
         offsets.append((k * p_down - p_big).mean(0))
     bias = np.mean(offsets, 0)
     assert np.abs(bias).max() < 0.8, bias  # uncorrected: about -(k - 1) / 2 = -1.5 and worse
+
+
+def test_deferred_import_runs_the_module_on_first_attribute_use(tmp_path, monkeypatch):
+    """`defer_import` (used for mediapipe's matplotlib.pyplot): `import` statements get the
+    placeholder without running the module; the first attribute access runs it once."""
+    import sys
+
+    from mvf.recon.detect import defer_import
+
+    (tmp_path / "mvf_probe_mod.py").write_text(
+        "from pathlib import Path\n"
+        f"Path({str(tmp_path / 'ran')!r}).open('a').write('x')\n"
+        "VALUE = 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mvf_probe_mod", raising=False)
+    defer_import("mvf_probe_mod")
+    import mvf_probe_mod as probe  # noqa: E402  (the statement mediapipe runs)
+
+    assert not (tmp_path / "ran").exists()
+    assert probe.VALUE == 42 and probe.VALUE == 42
+    assert (tmp_path / "ran").read_text() == "x"
+    defer_import("mvf_no_such_module_anywhere")
+    assert "mvf_no_such_module_anywhere" not in sys.modules
+    sys.modules.pop("mvf_probe_mod", None)

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from mvf.train.config import config_from_dict
     from mvf.recon.refine import predict
     from mvf.train.stages import LossContext
+    from mvf.train.detector_sim import geometry_inputs
     from mvf.train.validation import evaluate
 
     if args.threads:
@@ -142,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     times = []
     with torch.no_grad():
         for i in range(min(args.timing_runs, len(ds)) + 2):
-            x = ds[i % len(ds)]["images"][None]
+            item = ds[i % len(ds)]
+            x = item["images"][None]  # detector-input networks: simulated detections of the labels
+            extra = geometry_inputs(ctx, {k: item[k][None] for k in ("id", "exp", "pose")})
             t0 = time.perf_counter()
-            predict(model.net, model.face, x)
+            predict(model.net, model.face, x, **extra)
             if i >= 2:  # warm-up
                 times.append(time.perf_counter() - t0)
     report = {

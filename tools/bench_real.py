@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bench_real.py [--subjects 14] [--sets tune test] [--sizes 224 512]
         [--landmarks calibrated ibug68] [--set key=value ...] [--skip-scan] [--json]
+        [--checkpoint C [--front-checkpoint C1] [--no-fit]]
 
 1. Synthetic triplets (`mvf synth`, default settings) at 224 and 512 px, a *tuning* set (seed
    1000) and a *test* set (seed 2000), generated under ``data/bench_real/`` the first time.
@@ -12,6 +13,13 @@
    iBUG-68 table. Per set: mean-face RMSE, 3-view and front-only fit RMSE (mm, face region,
    rigid alignment, as training validation), detected-vs-true 68-point error (px in the images),
    seconds per fit.
+   With ``--checkpoint`` (a network; ``model.geometry_input: detector`` networks read the detected
+   points mapped into their crops, as `mvf reconstruct --checkpoint` feeds them) also the network
+   paths: ``net`` the regression alone (3 views; network seconds per triplet), ``net_fit`` the
+   regression followed by the fit (the network's prediction as the fit's start and prior centre),
+   ``net_front`` the front view alone (the same network when its fusion takes any number of views,
+   else ``--front-checkpoint``, a front-only ``fusion: mean`` model); ``--no-fit`` skips the fits
+   from the mean face.
 2. scan-lps (``../shared/samples/scan-lps``): ``mvf reconstruct`` (default settings plus
    ``--set``), ``mvf export --landmarks`` and ``mvf evaluate`` with both landmark files; RMSE mm
    and the wall seconds of ``mvf reconstruct``.
@@ -44,7 +52,8 @@ from mvf.recon.calibrate import load_landmark_set  # noqa: E402
 from mvf.recon.crop import crop_image  # noqa: E402
 from mvf.recon.detect import LandmarkDetector, landmarks_from_raw478  # noqa: E402
 from mvf.recon.fit import FitConfig, fit  # noqa: E402
-from mvf.recon.pipeline import fit_targets  # noqa: E402
+from mvf.net.checkpoint import load_model  # noqa: E402
+from mvf.recon.pipeline import fit_targets, network_points, predict_views  # noqa: E402
 from mvf.recon.views import Views  # noqa: E402
 from mvf.train.config import ValidationConfig  # noqa: E402
 from renderer.views import VIEWS  # noqa: E402
@@ -129,48 +138,88 @@ def prepare(model, d: Path, raw: np.ndarray) -> Subject | None:
                    float(np.concatenate(errs).mean()))
 
 
-def fit_subject(model, s: Subject, cfg, lset, views: tuple[int, ...]) -> tuple[torch.Tensor, float]:
-    """Fitted vertices ``(N, 3)`` of a subject from ``views`` and the fit's seconds."""
-
+def subject_views(s: Subject, views: tuple[int, ...], with_points: bool = True) -> Views:
+    """The views ``views`` of a subject as `mvf reconstruct` hands them on (crops, landmarks, points)."""
     idx = list(views)
     names = tuple(VIEWS[i] for i in idx)
+    return Views(names, s.crops[idx], [], [], [], s.lm68[idx], s.vis68[idx], None, [], True,
+                 s.raw[idx] if with_points else None)
+
+
+def fit_subject(model, s: Subject, cfg, lset, views: tuple[int, ...], init: dict | None = None
+                ) -> tuple[torch.Tensor, float]:
+    """Fitted vertices ``(N, 3)`` of a subject from ``views`` (from ``init``, else the mean face)
+    and the fit's seconds."""
+
     # the views as `mvf reconstruct` hands them to the fit (`mvf.recon.pipeline.fit_targets`)
-    v = Views(names, s.crops[idx], [], [], [], s.lm68[idx], s.vis68[idx], None, [], True,
-              None if lset is None else s.raw[idx])
+    v = subject_views(s, views, lset is not None)
     t0 = time.perf_counter()
     targets, target_vis, used, fcfg = fit_targets(v, model, cfg)
-    res = fit(model, v.crops, targets, target_vis, fcfg, landmark_set=used)
+    res = fit(model, v.crops, targets, target_vis, fcfg, init=init, landmark_set=used)
     secs = time.perf_counter() - t0
     with torch.no_grad():
         verts = model.decode(res.id[None], res.exp[None])[0]
     return verts, secs
 
 
-def run_set(model, subjects: list[Subject], cfg, lset, region, front_only: bool = True) -> dict:
-    """Per-subject RMSEs (mean face, 3 views, front only), detection error and seconds."""
+def predict_subject(network, s: Subject, views: tuple[int, ...]) -> tuple[dict, torch.Tensor, float]:
+    """The network's prediction (as `mvf reconstruct --checkpoint`), its vertices and seconds."""
+    v = subject_views(s, views)
+    t0 = time.perf_counter()
+    init = predict_views(network, v.crops, v.names, network_points(v, network))
+    secs = time.perf_counter() - t0
+    with torch.no_grad():
+        verts = network.face.decode(init["id"][None], init["exp"][None])[0]
+    return init, verts, secs
 
-    rows = {"mean_face": [], "three_views": [], "front_only": [], "det_px": [], "fit_s": []}
+
+def takes_any_views(network) -> bool:
+    return network.net.cfg.fusion != "concat"
+
+
+def run_set(model, subjects: list[Subject], cfg, lset, region, front_only: bool = True,
+            network=None, front_network=None, mean_fit: bool = True) -> dict:
+    """Per-subject RMSEs (mean face, 3 views, front only, network paths), detection error, seconds."""
+
+    rows = {"mean_face": [], "three_views": [], "front_only": [], "det_px": [], "fit_s": [],
+            "net": [], "net_s": [], "net_fit": [], "net_fit_s": [], "net_front": []}
+
+    def rmse(verts):
+        return float(aligned_rmse(verts[None], s.gt[None], region)[0])
+
     for s in subjects:
         rows["mean_face"].append(float(aligned_rmse(model.mean[None], s.gt[None], region)[0]))
-        v3, secs = fit_subject(model, s, cfg, lset, (0, 1, 2))
-        rows["three_views"].append(float(aligned_rmse(v3[None], s.gt[None], region)[0]))
-        rows["fit_s"].append(secs)
         rows["det_px"].append(s.det_err_px)
-        if front_only:
-            v1, _ = fit_subject(model, s, cfg, lset, (0,))
-            rows["front_only"].append(float(aligned_rmse(v1[None], s.gt[None], region)[0]))
+        if mean_fit:
+            v3, secs = fit_subject(model, s, cfg, lset, (0, 1, 2))
+            rows["three_views"].append(rmse(v3))
+            rows["fit_s"].append(secs)
+            if front_only:
+                v1, _ = fit_subject(model, s, cfg, lset, (0,))
+                rows["front_only"].append(rmse(v1))
+        if network is not None:
+            init, vn, secs = predict_subject(network, s, (0, 1, 2))
+            rows["net"].append(rmse(vn))
+            rows["net_s"].append(secs)
+            vf, fsecs = fit_subject(model, s, cfg, lset, (0, 1, 2), init=init)
+            rows["net_fit"].append(rmse(vf))
+            rows["net_fit_s"].append(secs + fsecs)
+            front_net = network if takes_any_views(network) else front_network
+            if front_net is not None:
+                rows["net_front"].append(rmse(predict_subject(front_net, s, (0,))[1]))
     out = {k: float(np.mean(v)) for k, v in rows.items() if v}
     out["n"] = len(subjects)
     out["per_subject"] = rows
     return out
 
 
-def scan_lps(extra: list[str], out_dir: Path | None = None) -> dict:
+def scan_lps(extra: list[str], out_dir: Path | None = None, extra_args: list[str] | None = None) -> dict:
     """``mvf reconstruct`` on scan-lps, then export + evaluate (README there). RMSE mm, wall s."""
     with tempfile.TemporaryDirectory() as tmp:
         rec = Path(out_dir) if out_dir else Path(tmp) / "rec"
         cmd = [sys.executable, "-m", "mvf", "reconstruct", "--front", str(SCAN / "front.png"),
-               "--left", str(SCAN / "left.png"), "--right", str(SCAN / "right.png"), "--out", str(rec)]
+               "--left", str(SCAN / "left.png"), "--right", str(SCAN / "right.png"), "--out", str(rec),
+               *(extra_args or [])]
         if extra:  # `mvf reconstruct` takes settings as a YAML file
             lines = []
             for kv in extra:
@@ -205,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="FitConfig override")
     ap.add_argument("--no-front-only", action="store_true")
     ap.add_argument("--skip-scan", action="store_true")
+    ap.add_argument("--checkpoint", help="also the network paths (regression, regression + fit, front only)")
+    ap.add_argument("--front-checkpoint", help="front-only network (fusion: mean) for a concat --checkpoint")
+    ap.add_argument("--no-fit", action="store_true", help="skip the fits from the mean face")
+    ap.add_argument("--scan-args", default="", help="extra `mvf reconstruct` arguments for scan-lps")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -213,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     model = FaceModel.load()
     region = face_region(model, ValidationConfig().face_radius_mm)
     cfg = load_config(None, FitConfig, args.set)
+    network = load_model(args.checkpoint) if args.checkpoint else None
+    front_network = load_model(args.front_checkpoint) if args.front_checkpoint else None
     report: dict = {"settings": args.set, "sets": {}}
     for name in args.sets:
         for size in args.sizes:
@@ -227,23 +282,32 @@ def main(argv: list[str] | None = None) -> int:
                     lset = load_landmark_set(None, model)
                     if lset is None:
                         sys.exit("bench_real: no calibrated landmark set; run `mvf build-model --landmarks-only`")
-                res = run_set(model, subjects, cfg, lset, region, not args.no_front_only)
+                res = run_set(model, subjects, cfg, lset, region, not args.no_front_only, network,
+                              front_network, not args.no_fit)
                 res["detect_s_per_image"] = det["seconds"]
                 res["skipped"] = len(dirs) - len(subjects)
                 report["sets"][f"{name}{size}/{lm_kind}"] = res
     if not args.skip_scan:
-        report["scan_lps"] = scan_lps(args.set)
+        report["scan_lps"] = scan_lps(args.set, extra_args=args.scan_args.split())
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    nan = float("nan")
     print(f"settings: {' '.join(args.set) or 'defaults'}")
     print("| set | landmarks | n | mean face mm | 3 views mm | front only mm | 3v vs mean | det px | fit s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for key, r in report["sets"].items():
         set_name, lm_kind = key.split("/")
-        rel = 100.0 * (r["three_views"] / r["mean_face"] - 1.0)
-        print(f"| {set_name} | {lm_kind} | {r['n']} | {r['mean_face']:.3f} | {r['three_views']:.3f} | "
-              f"{r.get('front_only', float('nan')):.3f} | {rel:+.1f}% | {r['det_px']:.2f} | {r['fit_s']:.2f} |")
+        rel = 100.0 * (r.get("three_views", nan) / r["mean_face"] - 1.0)
+        print(f"| {set_name} | {lm_kind} | {r['n']} | {r['mean_face']:.3f} | {r.get('three_views', nan):.3f} | "
+              f"{r.get('front_only', nan):.3f} | {rel:+.1f}% | {r['det_px']:.2f} | {r.get('fit_s', nan):.2f} |")
+    if network is not None:
+        print("\n| set | net mm | net ms | net vs mean | net + fit mm | net + fit s | net front only mm |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for key, r in report["sets"].items():
+            print(f"| {key.split('/')[0]} | {r['net']:.3f} | {1000 * r['net_s']:.1f} | "
+                  f"{100.0 * (r['net'] / r['mean_face'] - 1.0):+.1f}% | {r['net_fit']:.3f} | {r['net_fit_s']:.2f} | "
+                  f"{r.get('net_front', nan):.3f} |")
     if "scan_lps" in report:
         sc = report["scan_lps"]
         print(f"scan-lps: {sc.get('rmse_mm')} mm (mean face 1.834), mvf reconstruct {sc.get('wall_s', 0):.1f} s wall")

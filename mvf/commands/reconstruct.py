@@ -12,6 +12,7 @@ from mvf.errors import MvfError, check_device
 from mvf.fileio import prepare_output_dir
 from mvf.net.checkpoint import load_model
 from mvf.recon.fit import FitConfig
+from mvf.recon.pipeline import network_fit_config
 from mvf.recon.outputs import print_summary, write_outputs
 from mvf.recon.pipeline import reconstruct
 from mvf.recon.views import add_view_arguments, detect_views, framed_views, views_from_args
@@ -31,9 +32,12 @@ def add_parser(sub) -> None:
                         "fitting (landmarks, crop, fit, texture)")
     p.add_argument("--crop", choices=["auto", "detect", "none"], default="auto",
                    help="detect landmarks and crop MVF-Net style (detect), or take inputs already in the "
-                        "training framing (none); auto = none with --checkpoint, detect without")
-    p.add_argument("--refine-steps", type=int, default=0, metavar="N",
-                   help="test-time fitting steps after the network's prediction (implies landmarks)")
+                        "training framing (none); auto = none with --checkpoint, detect without and with a "
+                        "detector-input checkpoint (model.geometry_input: detector)")
+    p.add_argument("--refine-steps", type=int, default=None, metavar="N",
+                   help="test-time fitting steps after the network's prediction (implies landmarks); "
+                        "0 = the regression alone; default: 0, or for a detector-input checkpoint the fit "
+                        "chosen on the tuning set of tools/bench_real.py")
     p.add_argument("--fit-config", metavar="YAML", help="fitting settings (mvf.recon.fit.FitConfig keys)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1, as `mvf fit`)")
@@ -46,20 +50,21 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise MvfError(f"--threads {args.threads}: must be >= 1")
-    if args.refine_steps < 0:
+    if args.refine_steps is not None and args.refine_steps < 0:
         raise MvfError(f"--refine-steps {args.refine_steps}: must be >= 0")
     check_device(args.device)
     paths, lm_files = views_from_args(args)
     prepare_output_dir(args.out)
     torch.set_num_threads(args.threads)
-    crop = args.crop if args.crop != "auto" else ("none" if args.checkpoint else "detect")
     t0 = time.perf_counter()
     network = load_model(args.checkpoint, args.device) if args.checkpoint else None
+    detector_net = network is not None and network.net.detector_input
+    crop = args.crop if args.crop != "auto" else ("none" if network is not None and not detector_net else "detect")
     fit_cfg = None
-    if network is None or args.refine_steps > 0:
+    if network is None:
         fit_cfg = load_config(args.fit_config, FitConfig)
-        if network is not None:
-            fit_cfg.landmark_steps = args.refine_steps
+    else:
+        fit_cfg = network_fit_config(network, load_config(args.fit_config, FitConfig), args.refine_steps)
     t1 = time.perf_counter()
     if crop == "detect" or fit_cfg is not None:
         views = detect_views(paths, 224, lm_files, args.auto_order, crop=crop == "detect")

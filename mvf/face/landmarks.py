@@ -34,6 +34,7 @@ from torch import Tensor
 from renderer.camera import project, view_directions
 from renderer.rotations import euler_to_matrix
 from mvf.face.contour import N_JAW, build_contour_lines
+from mvf.face.detector_error import DetectorErrorModel
 from mvf.face.mesh import vertex_normals
 
 
@@ -54,6 +55,8 @@ class LandmarkSet:
         meta: provenance.
         view_faces, view_bary, view_weights: optional per-yaw-bin embeddings ``(Y, K, 3)``,
             ``(Y, K, 3)``, ``(Y, K)``; yaw_edges_deg ``(Y - 1,)`` the bins' edges in degrees.
+        error_model: optional `DetectorErrorModel` of the detector's residuals against the set
+            (calibrated sets; not carried over by `subset`).
     """
 
     faces: Tensor
@@ -69,6 +72,7 @@ class LandmarkSet:
     view_bary: Tensor | None = None
     view_weights: Tensor | None = None
     yaw_edges_deg: Tensor | None = None
+    error_model: DetectorErrorModel | None = None
 
     @property
     def n_points(self) -> int:
@@ -350,7 +354,8 @@ def landmark_set_to_numpy(lset: LandmarkSet) -> dict[str, np.ndarray]:
                 "view_faces": lset.view_faces.numpy().astype(np.int64),
                 "view_bary": lset.view_bary.numpy().astype(np.float32),
                 "view_weights": lset.view_weights.numpy().astype(np.float32),
-                "yaw_edges_deg": lset.yaw_edges_deg.numpy().astype(np.float32)})}
+                "yaw_edges_deg": lset.yaw_edges_deg.numpy().astype(np.float32)}),
+            **({} if lset.error_model is None else lset.error_model.to_arrays())}
 
 
 def landmark_set_from_arrays(arrays: dict) -> LandmarkSet:
@@ -368,4 +373,5 @@ def landmark_set_from_arrays(arrays: dict) -> LandmarkSet:
         contour_side=torch.as_tensor(np.asarray(arrays["contour_side"]), dtype=torch.float32),
         source_index=torch.as_tensor(np.asarray(arrays["source_index"]), dtype=torch.long),
         min_facing=float(arrays["min_facing"]),
+        error_model=DetectorErrorModel.from_arrays(arrays),
         meta=json.loads(str(arrays["meta_json"])) if "meta_json" in arrays else {})

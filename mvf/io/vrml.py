@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from mvf.errors import file_error
 from mvf.io.mesh import Mesh
@@ -192,6 +191,8 @@ class _Parser:
 
 def _axis_angle(r) -> np.ndarray:
     """``(3, 3)`` rotation of a VRML ``x y z angle`` (radians) field; identity for a zero axis."""
+    from scipy.spatial.transform import Rotation  # imported here: 0.4 s every mvf.io user would pay
+
     x, y, z, a = (float(v) for v in r)
     n = np.linalg.norm([x, y, z])
     return np.eye(3) if n < 1e-12 else Rotation.from_rotvec(np.array([x, y, z]) * (a / n)).as_matrix()

@@ -28,6 +28,10 @@ class ModelConfig:
     hidden: int = 512  # width of the 3DMM head's hidden layer
     spatial: int = 32  # channels of the flattened spatial branch (keeps where the face is); 0 = off
     landmark_head: bool = False  # 68 stride-4 heat maps (feature pyramid) + soft-argmax, fed to both heads
+    geometry_input: Literal["head", "detector"] = "head"  # what the geometry branch reads: the landmark
+    # head's 68 points, or the detector's calibrated points (mediapipe's, `geometry_points` of them, given
+    # to the network: real photos' detections; simulated with the detector's error model in training)
+    geometry_points: int = 468  # K detector points (geometry_input: detector), as the calibrated set has
     refine: Literal["none", "landmarks"] = "none"  # landmarks: fit the 3DMM to the head's landmarks (mvf.recon.refine)
     refine_steps: int = 20  # the refinement's Levenberg-Marquardt iterations at most
     refine_w_net: float = 1.0  # its prior towards the network's coefficients (mean squared difference)
@@ -53,6 +57,8 @@ def validate_model(m: ModelConfig) -> ModelConfig:
         raise MvfError("config key 'model.image_size': must be at least 32 px")
     if not 1 <= m.n_id <= 100 or not 0 <= m.n_exp <= 53:
         raise MvfError("config keys 'model.n_id'/'model.n_exp': need 1..100 and 0..53")
+    if m.geometry_input == "detector" and m.geometry_points < 3:
+        raise MvfError("config key 'model.geometry_points': needs at least 3 points")
     if m.refine == "landmarks" and not m.landmark_head:
         raise MvfError("config key 'model.refine': landmarks needs model.landmark_head: true")
     if m.refine_steps < 1 or m.refine_w_net < 0:

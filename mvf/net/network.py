@@ -179,15 +179,17 @@ class LandmarkHead(nn.Module):
 
 
 class GeometryEncoder(nn.Module):
-    """2D landmarks -> a view's geometry feature: ``(N, 68, 2)`` px -> ``(N, GEO_FEATURES)``.
+    """2D points -> a view's geometry feature: ``(N, K, 2)`` px -> ``(N, GEO_FEATURES)``.
 
-    Coordinates are normalised to [-1, 1] over the ``image_size`` px image first.
+    ``K`` is 68 (the landmark head's) or the detector's calibrated points. Coordinates are
+    normalised to [-1, 1] over the ``image_size`` px image first.
     """
 
-    def __init__(self, image_size: int):
+    def __init__(self, image_size: int, n_points: int = N_LANDMARKS):
         super().__init__()
         self.image_size = image_size
-        self.mlp = nn.Sequential(nn.Linear(2 * N_LANDMARKS, GEO_FEATURES), nn.ReLU(inplace=True),
+        self.n_points = n_points
+        self.mlp = nn.Sequential(nn.Linear(2 * n_points, GEO_FEATURES), nn.ReLU(inplace=True),
                                  nn.Linear(GEO_FEATURES, GEO_FEATURES), nn.ReLU(inplace=True))
 
     def forward(self, landmarks: torch.Tensor) -> torch.Tensor:
@@ -265,11 +267,23 @@ class MVFNet(nn.Module):
         self.head_3dmm = _mlp(self.fusion.out_features, cfg.hidden, cfg.n_id + cfg.n_exp)
         self.head_pose = _mlp(VIEW_FEATURES, 256, 6)
         self.geometry = None
-        if cfg.landmark_head:  # the landmark-geometry branch: its outputs add to the image branch's
-            self.geometry = GeometryEncoder(cfg.image_size)
+        if self.geometry_points:  # the landmark-geometry branch: its outputs add to the image branch's
+            self.geometry = GeometryEncoder(cfg.image_size, self.geometry_points)
             self.geo_fusion = Fusion(cfg.fusion, GEO_FEATURES)
             self.geo_head_3dmm = _mlp(self.geo_fusion.out_features, cfg.hidden, cfg.n_id + cfg.n_exp)
             self.geo_head_pose = _mlp(GEO_FEATURES, 256, 6)
+
+    @property
+    def detector_input(self) -> bool:
+        """Whether the geometry branch reads given detector points (else the landmark head's)."""
+        return self.cfg.geometry_input == "detector"
+
+    @property
+    def geometry_points(self) -> int:
+        """K points of the geometry branch's input (0: no geometry branch)."""
+        if self.detector_input:
+            return self.cfg.geometry_points
+        return N_LANDMARKS if self.cfg.landmark_head else 0
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -288,16 +302,19 @@ class MVFNet(nn.Module):
             raise MvfError("need at least one view")
 
     def forward(self, images: torch.Tensor | None, views: tuple[str, ...] | None = None,
-                landmarks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                landmarks: torch.Tensor | None = None, detector_points: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
         """``images (B, V, 3, S, S)`` in [0, 1] -> id ``(B, n_id)``, exp ``(B, n_exp)``, pose ``(B, V, 6)``
         and, with ``model.landmark_head``, ``landmarks (B, V, 68, 2)`` px (the head's).
 
-        ``landmarks`` instead of images (``images=None``, landmark-head networks only) runs the
-        geometry branch alone on given 2D landmarks ``(B, V, 68, 2)`` px: the image branch then
-        contributes nothing (the ``geometry`` stage trains it so, from sampled faces).
+        ``detector_points (B, V, K, 2)`` px in the network's input frame: the geometry branch's
+        input with ``model.geometry_input: detector`` (required then).
+        ``images=None`` runs the geometry branch alone on given 2D points, ``landmarks`` or
+        ``detector_points`` ``(B, V, K, 2)`` px (K = 68 for the head's input): the image branch
+        then contributes nothing (the ``geometry`` stage trains it so, from sampled faces).
         """
         if images is None:
-            return self._from_landmarks(landmarks, views)
+            return self._from_points(detector_points if detector_points is not None else landmarks, views)
         if images.dim() != 5 or images.shape[2] != 3:
             raise MvfError(f"images must be (B, V, 3, H, W), got {tuple(images.shape)}")
         b, v, _, h, w = images.shape
@@ -305,31 +322,42 @@ class MVFNet(nn.Module):
         if (h, w) != (s, s):
             raise MvfError(f"images are {w}x{h} px but this network takes {s}x{s}")
         self.check_views(views, v)
+        if self.detector_input:
+            self._check_points(detector_points, (b, v))
         feats, lm = self.encoder(images.reshape(b * v, 3, h, w))
         feats = feats.reshape(b, v, -1)
         coeffs = self.head_3dmm(self.fusion(feats))
         raw_pose = self.head_pose(feats)
-        if self.geometry is not None:
+        if lm is not None:
             lm = lm.reshape(b, v, N_LANDMARKS, 2)
-            geo_coeffs, geo_pose = self._geometry_heads(lm)
+        if self.geometry is not None:
+            geo_coeffs, geo_pose = self._geometry_heads(detector_points if self.detector_input else lm)
             coeffs, raw_pose = coeffs + geo_coeffs, raw_pose + geo_pose
         out = self.decode(coeffs, raw_pose)
-        if self.geometry is not None:
+        if lm is not None:
             out["landmarks"] = lm
         return out
 
-    def _geometry_heads(self, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, v = landmarks.shape[:2]
-        geo = self.geometry(landmarks.reshape(b * v, N_LANDMARKS, 2)).reshape(b, v, -1)
+    def _check_points(self, points: torch.Tensor | None, bv: tuple[int, int] | None = None) -> None:
+        k = self.geometry_points
+        if points is None or points.dim() != 4 or points.shape[2:] != (k, 2) or (
+                bv is not None and tuple(points.shape[:2]) != bv):
+            what = "detector_points" if self.detector_input else "landmarks"
+            shape = f"({bv[0]}, {bv[1]}, {k}, 2)" if bv is not None else f"(B, V, {k}, 2)"
+            raise MvfError(f"{what} must be {shape}, got {None if points is None else tuple(points.shape)}")
+
+    def _geometry_heads(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, v = points.shape[:2]
+        geo = self.geometry(points.reshape(b * v, -1, 2)).reshape(b, v, -1)
         return self.geo_head_3dmm(self.geo_fusion(geo)), self.geo_head_pose(geo)
 
-    def _from_landmarks(self, landmarks: torch.Tensor | None, views) -> dict[str, torch.Tensor]:
+    def _from_points(self, points: torch.Tensor | None, views) -> dict[str, torch.Tensor]:
         if self.geometry is None:
-            raise MvfError("this network has no landmark head (model.landmark_head: false)")
-        if landmarks is None or landmarks.dim() != 4 or landmarks.shape[2:] != (N_LANDMARKS, 2):
-            raise MvfError("landmarks must be (B, V, 68, 2)")
-        self.check_views(views, landmarks.shape[1])
-        coeffs, raw_pose = self._geometry_heads(landmarks)
+            raise MvfError("this network has no landmark head (model.landmark_head: false) and no "
+                           "detector input (model.geometry_input: head)")
+        self._check_points(points)
+        self.check_views(views, points.shape[1])
+        coeffs, raw_pose = self._geometry_heads(points)
         return self.decode(coeffs, raw_pose)
 
     def decode(self, coeffs: torch.Tensor, raw_pose: torch.Tensor) -> dict[str, torch.Tensor]:

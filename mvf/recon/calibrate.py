@@ -35,12 +35,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import point_cloud_utils as pcu
 import torch
 
 from mvf.data.config import SynthConfig
 from mvf.data.synth import SynthGenerator
 from mvf.errors import MvfError
+from mvf.face.detector_error import build_error_model
 from mvf.face.landmarks import LandmarkProjector, LandmarkSet, landmark_set_from_arrays, landmark_set_to_numpy
 from mvf.face.model import FaceModel
 from mvf.fileio import atomic_path
@@ -51,7 +51,7 @@ from renderer.camera import project, view_directions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SET = REPO_ROOT / "assets" / "mediapipe_landmarks.npz"
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2  # 2: with the detector error model (error_* arrays)
 CALIBRATION_SEED = 7013  # no benchmark or training set uses this seed
 N_FACE_MESH = 468  # mediapipe points 468-477 are the irises
 SEARCH_RADIUS_PX = 2
@@ -88,6 +88,8 @@ def snap_to_surface(points: np.ndarray, verts: np.ndarray, faces: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest surface point of each ``(K, 3)`` point: ``(K,)`` triangle ids, ``(K, 3)`` barycentrics
     (exact point-to-triangle search by point-cloud-utils)."""
+    import point_cloud_utils as pcu  # building only: loading a set needs none of it
+
     _, tri, bary = pcu.closest_points_on_mesh(np.ascontiguousarray(points, np.float64),
                                               np.ascontiguousarray(verts, np.float64),
                                               np.ascontiguousarray(faces, np.int64))
@@ -256,20 +258,25 @@ def embed_points(model, views: list[dict], min_facing_obs: float = 0.3, max_dist
     return tri, barys, counts
 
 
-def point_residuals(model, lset: LandmarkSet, views: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def residual_vectors(model, lset: LandmarkSet, views: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Residuals of the calibration detections against the set projected with the true shapes and
-    poses, in mm (px / f): ``(n_views, K)`` distances, weights>0 masks, moved masks."""
+    poses, in mm (px / f): ``(n_views, K, 2)`` detected - projected, weights>0 masks, moved masks."""
     proj = LandmarkProjector(model, lset, model.n_id)
-    dists, valid, moved_all = [], [], []
+    res, valid, moved_all = [], [], []
     for item in views:
         pose = item["pose"][None, None]  # (1, 1, 6)
         out = proj.project(item["verts"][None], pose)
-        uv = out.uv[0, 0]
         det = torch.as_tensor(item["raw"][lset.source_index.numpy(), :2], dtype=torch.float32)
-        dists.append(((uv - det).norm(dim=-1) / float(pose[0, 0, 0])).numpy())
+        res.append(((det - out.uv[0, 0]) / float(pose[0, 0, 0])).numpy())
         valid.append((out.weight[0, 0] > 0).numpy())
         moved_all.append(out.on_silhouette[0, 0].numpy())
-    return np.stack(dists), np.stack(valid), np.stack(moved_all)
+    return np.stack(res), np.stack(valid), np.stack(moved_all)
+
+
+def point_residuals(model, lset: LandmarkSet, views: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`residual_vectors` as distances ``(n_views, K)`` mm, with the same masks."""
+    res, valid, moved = residual_vectors(model, lset, views)
+    return np.linalg.norm(res, axis=-1), valid, moved
 
 
 def robust_sigma(d: np.ndarray) -> float:
@@ -330,7 +337,8 @@ def build_mediapipe_set(model, seed: int = CALIBRATION_SEED, n_subjects: int = N
     lset.view_weights = torch.from_numpy(vw)
     lset.yaw_edges_deg = torch.from_numpy(edges.astype(np.float32))
     # noise scales per bin (on the embedding) and for contour points moved onto the silhouette
-    dist, valid, moved = point_residuals(model, lset, views)
+    res, valid, moved = residual_vectors(model, lset, views)
+    dist = np.linalg.norm(res, axis=-1)
     sig_bin = np.full((n_bins, kk), np.nan)
     for bi in range(n_bins):
         rows = bins == bi
@@ -349,6 +357,8 @@ def build_mediapipe_set(model, seed: int = CALIBRATION_SEED, n_subjects: int = N
     rim = ref / sig_rim_c if rim_weight is None else np.full(kk, rim_weight)
     lset.rim_weights = torch.from_numpy(rim).float()
     sig = sig_all
+    # the detector's error model (bias + low-rank noise per yaw bin), for training the network
+    lset.error_model = build_error_model(res, yaws, yaw_edges_deg, meta={"seed": seed, "asset_id": model.asset_id})
     lset.meta = {
         "kind": "mediapipe_face_mesh", "version": CALIBRATION_VERSION, "seed": seed,
         "n_subjects_per_size": n_subjects, "sizes": list(sizes), "n_views": len(views),

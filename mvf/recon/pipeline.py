@@ -10,6 +10,7 @@ are resized to the network's input size and its poses scaled back to crop pixels
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -69,10 +70,46 @@ class Reconstruction:
         return float((dist * vis).sum() / vis.sum().clamp_min(1)), per_view
 
 
+# `mvf reconstruct --checkpoint` with a detector-input network: the regression followed by this fit,
+# chosen on the tuning set of tools/bench_real.py (see README "Real photos")
+NETWORK_FIT_DEFAULTS = {"landmark_steps": 40, "photo_steps": 20}
+
+
+def network_fit_config(network: LoadedModel, cfg: FitConfig, refine_steps: int | None) -> FitConfig | None:
+    """The fit after ``network``'s prediction: None (the regression alone) for ``refine_steps`` 0,
+    ``refine_steps`` landmark steps when given; by default none for image-framing networks and
+    ``cfg`` with `NETWORK_FIT_DEFAULTS` (keys left at their defaults) for detector-input ones."""
+    if refine_steps is not None:
+        if refine_steps <= 0:
+            return None
+        return dataclasses.replace(cfg, landmark_steps=refine_steps)
+    if not network.net.detector_input:
+        return None
+    base = FitConfig()
+    return dataclasses.replace(cfg, **{k: v for k, v in NETWORK_FIT_DEFAULTS.items() if getattr(cfg, k) == getattr(base, k)})
+
+
+def network_points(views: Views, network: LoadedModel) -> Tensor | None:
+    """The detector points ``(V, K, 2)`` crop px a ``geometry_input: detector`` network reads (the
+    calibrated set's points, `mvf.recon.calibrate`), or None for other networks."""
+    if not network.net.detector_input:
+        return None
+    if views.detector_points is None:
+        raise MvfError(f"{network.path}: this network reads the detector's points; give photos with "
+                       "--crop detect and no landmark files")
+    lset = load_landmark_set(None, network.face)
+    if lset is None or lset.n_points != network.net.geometry_points:
+        raise MvfError(f"{DEFAULT_SET}: calibrated landmark set missing or not the one {network.path} "
+                       "was trained with; run `mvf build-model --landmarks-only`")
+    return views.detector_points[:, lset.source_index]
+
+
 @torch.no_grad()
-def predict_views(network: LoadedModel, crops: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:
+def predict_views(network: LoadedModel, crops: Tensor, names: tuple[str, ...],
+                  points: Tensor | None = None) -> dict[str, Tensor]:
     """The network's ``id (K,)``, ``exp (K,)``, ``pose (V, 6)`` for crops ``(V, 3, S, S)``, poses
-    in the crops' pixels (the crops are resized to the network's input size)."""
+    in the crops' pixels (the crops are resized to the network's input size). ``points``: the
+    detector points ``(V, K, 2)`` crop px of a detector-input network (`network_points`)."""
     net = network.net
     try:
         net.check_views(names, len(names))
@@ -83,7 +120,8 @@ def predict_views(network: LoadedModel, crops: Tensor, names: tuple[str, ...]) -
     x = crops.to(device)
     if s != size:
         x = tnf.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    out = predict(net, network.face, x[None], views=names)
+    pts = None if points is None else (points.to(device) * (size / s))[None]
+    out = predict(net, network.face, x[None], views=names, detector_points=pts)
     check_params(f"{network.path} (network output)", out["id"][0], out["exp"][0], out["pose"][0])
     return {"id": out["id"][0], "exp": out["exp"][0], "pose": scale_poses(out["pose"][0], s / size)}
 
@@ -149,7 +187,7 @@ def reconstruct(views: Views, network: LoadedModel | None = None, fit_config: Fi
     init = None
     if network is not None:
         t = time.perf_counter()
-        init = predict_views(network, views.crops, views.names)
+        init = predict_views(network, views.crops, views.names, network_points(views, network))
         timing["network"] = time.perf_counter() - t
     result = None
     if fit_config is not None:

@@ -59,9 +59,12 @@ def refine_with_landmarks(face, out: dict[str, Tensor], settings: RefineSettings
     return refined
 
 
-def predict(net, face, images: Tensor, views: tuple[str, ...] | None = None) -> dict[str, Tensor]:
-    """The network's outputs for ``images (B, V, 3, S, S)``, refined when the model says so."""
-    out = net(images, views=views)
+def predict(net, face, images: Tensor, views: tuple[str, ...] | None = None,
+            detector_points: Tensor | None = None) -> dict[str, Tensor]:
+    """The network's outputs for ``images (B, V, 3, S, S)`` (and, for ``model.geometry_input:
+    detector``, ``detector_points (B, V, K, 2)`` px in the network's input frame), refined when
+    the model says so."""
+    out = net(images, views=views, detector_points=detector_points)
     if net.cfg.refine == "landmarks" and "landmarks" in out:
         out = refine_with_landmarks(face, out, settings_for(net.cfg))
     return out

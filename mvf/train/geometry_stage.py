@@ -12,6 +12,13 @@ landmark head's future error), go into the network's geometry branch
 A sample costs a 3DMM decode and a contour search, not a render, so this stage sees hundreds
 of thousands of faces in minutes and the image stages start from a network that already turns
 2D landmarks into shape and pose. Needs ``model.landmark_head: true``.
+
+With ``model.geometry_input: detector`` the input is instead the detector's calibrated points,
+simulated (`mvf.train.detector_sim`): the calibrated set projected at f = 1 px/mm plus the
+detector's measured residuals (bias + structured noise per yaw bin, scaled by
+``landmark_noise_px / 1.5``: 1.5 means the measured noise, 0 the bias alone), then framed as
+`mvf reconstruct` crops photos (the box of the detector's 68 table points), so the branch learns
+the inputs and framing it meets on photos; the pose targets are those of that crop.
 """
 from __future__ import annotations
 
@@ -28,10 +35,12 @@ from mvf.data.sampling import sample_expression, sample_identity, sample_views
 from mvf.errors import MvfError
 from mvf.face.model import FaceModel
 from mvf.losses.supervised import coefficient_prior, landmark_loss, param_loss, pose_loss, vertex_loss
+from mvf.train.detector_sim import detector_sim
 from renderer.views import VIEWS
 
 LOSS_TERMS = ("vertex", "params", "pose", "landmark", "prior")
 VIRTUAL_ITEMS = 1_000_000  # the stream of sampled faces is indexed 0 .. VIRTUAL_ITEMS - 1
+MEASURED_NOISE_PX = 1.5  # landmark_noise_px that means "the detector's measured noise" (detector input)
 
 
 def synth_config_for(root: str | Path):
@@ -93,10 +102,30 @@ def frame_views(projector, verts: torch.Tensor, angles: torch.Tensor, fill: torc
     return poses, lm0 * f[..., None, None] + t[:, :, None]
 
 
+def detector_views(sim, projector, verts: torch.Tensor, angles: torch.Tensor, size: int,
+                   noise_scale: float = 1.0, generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Simulated detections of views at ``angles`` ``(B, V, 3)`` rad, cropped like photos.
+
+    Returns the crops' poses ``(B, V, 6)``, the clean 68 model landmarks ``(B, V, 68, 2)`` px and
+    the detections ``(B, V, K, 2)`` px in ``size`` px crops.
+    """
+    b, v = angles.shape[:2]
+    ones = torch.ones(b, v, 1, dtype=verts.dtype, device=verts.device)
+    pose0 = torch.cat([ones, angles, torch.zeros_like(ones), torch.zeros_like(ones)], -1)
+    uv = sim.projector(verts, pose0)  # f = 1 px/mm, t = 0: residuals in mm are px here
+    det = uv + sim.error.sample(angles[..., 1], generator, noise_scale)
+    det, crop = sim.crop_frame(det, size)
+    scale, offset = crop[..., :1], crop[..., 1:]
+    poses = torch.cat([scale, angles, -offset * scale], -1)
+    return poses, (projector(verts, pose0) - offset[:, :, None]) * scale[..., None], det
+
+
 def geometry_dataset(req) -> Dataset:
     """Sampled faces with the generator settings of the stage's data root."""
-    if not req.model_cfg.landmark_head:
-        raise MvfError(f"stage '{req.stage.name}': a geometry stage needs model.landmark_head: true")
+    if not req.model_cfg.landmark_head and req.model_cfg.geometry_input != "detector":
+        raise MvfError(f"stage '{req.stage.name}': a geometry stage needs model.landmark_head: true "
+                       "or model.geometry_input: detector")
     face = FaceModel.load(req.model_cfg.face_model)
     return FaceDraws(synth_config_for(req.stage.data.root), face.n_id, face.exp_names,
                      views=tuple(req.model_cfg.views), seed=req.seed)
@@ -105,10 +134,15 @@ def geometry_dataset(req) -> Dataset:
 def geometry_loss(ctx, model: torch.nn.Module, batch: dict, weights, stage
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     size = ctx.model_cfg.image_size
+    sim = detector_sim(ctx)
     with torch.no_grad():
         gt_verts = ctx.face.decode(batch["id"], batch["exp"])
-        poses, lm = frame_views(ctx.projector, gt_verts, batch["angles"], batch["fill"], batch["shift"], size)
-        noisy = lm + stage.landmark_noise_px * torch.randn_like(lm)
+        if sim is None:
+            poses, lm = frame_views(ctx.projector, gt_verts, batch["angles"], batch["fill"], batch["shift"], size)
+            noisy = lm + stage.landmark_noise_px * torch.randn_like(lm)
+        else:
+            poses, lm, noisy = detector_views(sim, ctx.projector, gt_verts, batch["angles"], size,
+                                              stage.landmark_noise_px / MEASURED_NOISE_PX)
     out = model(None, landmarks=noisy)
     verts = ctx.face.decode(out["id"], out["exp"])
     _, scale = ctx.pose_norm.tensors(out["pose"])

@@ -53,6 +53,9 @@ def selfsup_dataset(req: DataRequest) -> Dataset:
     """Unlabelled triplets of the stage's root at the model's views and size, minus the
     validation subjects when the root is the validation root."""
     st, m = req.stage, req.model_cfg
+    if m.geometry_input == "detector":
+        raise MvfError(f"stage '{st.name}': a self_supervised stage does not feed detector points yet "
+                       "(model.geometry_input: detector); drop the stage or use geometry_input: head")
     if len(m.views) < 2:
         raise MvfError(f"stage '{st.name}': a self_supervised stage needs at least two views "
                        f"(model.views is {list(m.views)})")

@@ -22,6 +22,7 @@ from mvf.errors import MvfError, file_error
 from mvf.losses.supervised import coefficient_prior, landmark_loss, param_loss, pose_loss, vertex_loss
 from mvf.train import geometry_stage, selfsup_stage
 from mvf.train.context import DataRequest, LossContext
+from mvf.train.detector_sim import geometry_inputs
 from mvf.train.schema import LossWeights, StageConfig
 
 
@@ -144,7 +145,7 @@ def supervised_terms(ctx: LossContext, out: dict, batch: dict) -> dict[str, torc
 
 def supervised_loss(ctx: LossContext, model: torch.nn.Module, batch: dict, weights: LossWeights,
                     stage: StageConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    out = model(batch["images"])
+    out = model(batch["images"], **geometry_inputs(ctx, batch))  # + simulated detections (detector input)
     terms = supervised_terms(ctx, out, batch)
     total = sum(getattr(weights, k) * v for k, v in terms.items())
     return total, terms

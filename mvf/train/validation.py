@@ -16,6 +16,7 @@ import torch
 
 from mvf.align import aligned_rmse
 from mvf.recon.refine import predict
+from mvf.train.detector_sim import VALIDATION_SEED, geometry_inputs
 from renderer.rotations import euler_to_matrix
 
 
@@ -80,12 +81,15 @@ def evaluate(model: torch.nn.Module, loader, ctx, max_batches: int | None = None
     model.eval()
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("rmse_mm", "rmse_sim_mm", "landmark_px", "pose_deg")}
     subjects: list[str] = []
+    gen = torch.Generator(ctx.device).manual_seed(VALIDATION_SEED)  # the same simulated detections each time
     try:
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
             batch = to_device(batch, ctx.device)
-            out = predict(model, ctx.face, batch["images"]) if refine else model(batch["images"])
+            extra = geometry_inputs(ctx, batch, gen)
+            out = (predict(model, ctx.face, batch["images"], **extra) if refine
+                   else model(batch["images"], **extra))
             for k, v in batch_metrics(ctx, out, batch).items():
                 parts[k].append(v.double().cpu().numpy())
             subjects += list(batch["subject"])

@@ -1,0 +1,104 @@
+"""Simulated detector points for training a network with ``model.geometry_input: detector``.
+
+The network's geometry branch reads, on photos, the calibrated mediapipe points of each view
+(`mvf.recon.calibrate`, `mvf.recon.pipeline`). In training they are simulated from the true
+shape and pose: the calibrated `LandmarkSet` projected with the one `LandmarkProjector`
+(per-yaw-bin embedding, contour search), plus the detector's measured residuals drawn from the
+set's `mvf.face.detector_error.DetectorErrorModel` (per-point, per-yaw-bin bias and low-rank +
+diagonal noise, in mm, scaled by the view's f px/mm).
+
+`crop_frame` frames simulated views the way `mvf reconstruct` crops photos (`mvf.recon.crop`: the
+square box 1.5x the extent of the detector's 68 table points, `MEDIAPIPE_TO_IBUG68`), so the
+geometry stage sees the inputs inference will give it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mvf.errors import MvfError
+from mvf.face.detector_error import DetectorErrorModel
+from mvf.face.landmarks import LandmarkProjector
+from mvf.recon.calibrate import DEFAULT_SET, load_landmark_set
+from mvf.recon.crop import crop_box
+from mvf.recon.detect import MEDIAPIPE_TO_IBUG68
+
+EXTRAS_KEY = "detector_sim"
+VALIDATION_SEED = 90210  # validation's simulated detections are the same every time
+
+
+@dataclass
+class DetectorSim:
+    """The calibrated set's projector, its error model and the rows of the 68 crop points."""
+
+    projector: LandmarkProjector
+    error: DetectorErrorModel
+    crop_rows: Tensor  # (68,) rows of the set for `MEDIAPIPE_TO_IBUG68`
+    noise_scale: float = 1.0
+
+    @property
+    def n_points(self) -> int:
+        return self.projector.n_points
+
+    def points(self, verts: Tensor, poses: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Simulated detections ``(B, V, K, 2)`` px of meshes ``(B, N, 3)`` mm in views ``(B, V, 6)``."""
+        uv = self.projector(verts, poses)
+        res = self.error.sample(poses[..., 2].detach(), generator, self.noise_scale)
+        return uv + poses[..., :1, None] * res
+
+    def crop_frame(self, points: Tensor, size: int) -> tuple[Tensor, Tensor]:
+        """The `mvf.recon.crop` framing of detections: ``(B, V, K, 2)`` px -> the points in an
+        ``size`` px crop and the similarity ``(B, V, 3)`` (scale, x0, y0): crop = (p - x0y0) * scale."""
+        lm = points[:, :, self.crop_rows].detach().cpu().double().numpy()
+        boxes = np.array([[crop_box(v) for v in b] for b in lm])  # (B, V, 3): x0, y0, side
+        box = torch.as_tensor(boxes, dtype=points.dtype, device=points.device)
+        scale = size / box[..., 2]
+        sim = torch.stack([scale, box[..., 0], box[..., 1]], -1)
+        return (points - box[..., None, :2]) * scale[..., None, None], sim
+
+
+def load_detector_sim(model, n_id: int | None = None, path=None, noise_scale: float = 1.0) -> DetectorSim:
+    """The simulator of the calibrated set at ``path`` (default `DEFAULT_SET`); `MvfError` without one."""
+    lset = load_landmark_set(path, model)
+    where = path or DEFAULT_SET
+    if lset is None:
+        raise MvfError(f"{where}: calibrated landmark set missing or built for another face model; "
+                       "run `mvf build-model --landmarks-only`")
+    if lset.error_model is None:
+        raise MvfError(f"{where}: the calibrated set has no detector error model (built before it); "
+                       "run `mvf build-model --landmarks-only`")
+    src = lset.source_index.tolist()
+    missing = [i for i in MEDIAPIPE_TO_IBUG68 if i not in src]
+    if missing:
+        raise MvfError(f"{where}: the calibrated set lacks mediapipe points {missing[:5]} used for cropping")
+    rows = torch.tensor([src.index(i) for i in MEDIAPIPE_TO_IBUG68])
+    return DetectorSim(LandmarkProjector(model, lset, n_id), lset.error_model.to(model.device), rows.to(model.device),
+                       noise_scale)
+
+
+def detector_sim(ctx) -> DetectorSim | None:
+    """The run's simulator (cached in ``ctx.extras``), or None for ``model.geometry_input: head``."""
+    if ctx.model_cfg.geometry_input != "detector":
+        return None
+    sim = ctx.extras.get(EXTRAS_KEY)
+    if sim is None:
+        sim = load_detector_sim(ctx.face)
+        if sim.n_points != ctx.model_cfg.geometry_points:
+            raise MvfError(f"config key 'model.geometry_points': {ctx.model_cfg.geometry_points}, but the "
+                           f"calibrated set has {sim.n_points} points")
+        ctx.extras[EXTRAS_KEY] = sim
+    return sim
+
+
+def geometry_inputs(ctx, batch: dict, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """Extra network inputs for a labelled batch: ``{"detector_points": (B, V, K, 2)}`` simulated from
+    its ``id``, ``exp`` and ``pose`` (in the batch images' pixels), or ``{}`` (head input)."""
+    sim = detector_sim(ctx)
+    if sim is None:
+        return {}
+    with torch.no_grad():
+        verts = ctx.face.decode(batch["id"], batch["exp"])
+        return {"detector_points": sim.points(verts, batch["pose"], generator)}
