@@ -1,5 +1,3 @@
-import sys
+from mvf.cli import entry
 
-from mvf.cli import main
-
-sys.exit(main())
+entry()

@@ -7,6 +7,7 @@ it as one line (``mvf <cmd>: error: ...``) and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 
@@ -55,5 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def entry() -> None:
+    """The console command: `main`, then exit without the interpreter's final garbage collection
+    of everything torch and mediapipe loaded (`gc.freeze`: ~0.7 s of every run, after all files
+    are written and closed)."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -148,10 +148,8 @@ def defer_import(name: str) -> None:
     loaded already or not installed."""
     if name in sys.modules:
         return
-    try:
-        if importlib.util.find_spec(name) is None:
-            return
-    except (ImportError, ValueError):
+    top = name.partition(".")[0]  # finding a submodule's spec would import its package
+    if importlib.util.find_spec(top) is None:
         return
     sys.modules[name] = _DeferredModule(name)
 
