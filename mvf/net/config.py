@@ -32,6 +32,9 @@ class ModelConfig:
     # head's 68 points, or the detector's calibrated points (mediapipe's, `geometry_points` of them, given
     # to the network: real photos' detections; simulated with the detector's error model in training)
     geometry_points: int = 468  # K detector points (geometry_input: detector), as the calibrated set has
+    geometry_linear: bool = False  # the geometry branch adds a linear map of the views' normalised
+    # points (`LinearGeometry`) to id and exp, fitted in closed form (ridge regression) on simulated
+    # faces by a geometry stage with `linear_fit_samples`
     refine: Literal["none", "landmarks"] = "none"  # landmarks: fit the 3DMM to the head's landmarks (mvf.recon.refine)
     refine_steps: int = 20  # the refinement's Levenberg-Marquardt iterations at most
     refine_w_net: float = 1.0  # its prior towards the network's coefficients (mean squared difference)
@@ -59,6 +62,9 @@ def validate_model(m: ModelConfig) -> ModelConfig:
         raise MvfError("config keys 'model.n_id'/'model.n_exp': need 1..100 and 0..53")
     if m.geometry_input == "detector" and m.geometry_points < 3:
         raise MvfError("config key 'model.geometry_points': needs at least 3 points")
+    if m.geometry_linear and m.geometry_input != "detector" and not m.landmark_head:
+        raise MvfError("config key 'model.geometry_linear': needs a geometry branch "
+                       "(model.geometry_input: detector or model.landmark_head: true)")
     if m.refine == "landmarks" and not m.landmark_head:
         raise MvfError("config key 'model.refine': landmarks needs model.landmark_head: true")
     if m.refine_steps < 1 or m.refine_w_net < 0:

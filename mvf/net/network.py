@@ -196,6 +196,40 @@ class GeometryEncoder(nn.Module):
         return self.mlp((2.0 * landmarks / self.image_size - 1.0).flatten(1))
 
 
+def normalized_points(points: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Per-view shape features of 2D points ``(B, V, K, 2)`` px -> ``(B, V, 2K + 3)``: the points
+    centred on their centroid and divided by their RMS radius, then the centroid (in image sizes)
+    and the log of the radius (in image sizes): position and scale apart from shape."""
+    centre = points.mean(2, keepdim=True)
+    rel = points - centre
+    radius = rel.square().sum(-1).mean(2, keepdim=True).sqrt().clamp_min(1e-6)  # (B, V, 1)
+    shape = (rel / radius[..., None]).flatten(2)
+    return torch.cat([shape, centre[:, :, 0] / image_size, torch.log(radius / image_size)], -1)
+
+
+class LinearGeometry(nn.Module):
+    """id and exp ``(B, P)`` as a linear function of the views' `normalized_points`: concatenated
+    for ``concat`` fusion, else averaged over the views. Zero until fitted: a geometry stage with
+    ``linear_fit_samples`` solves it in closed form (`mvf.train.geometry_stage.fit_linear_geometry`)."""
+
+    def __init__(self, fusion: str, image_size: int, n_points: int, n_out: int):
+        super().__init__()
+        self.concat = fusion == "concat"
+        self.image_size = image_size
+        self.n_features = (2 * n_points + 3) * (len(VIEWS) if self.concat else 1)
+        self.linear = nn.Linear(self.n_features, n_out)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def features(self, points: torch.Tensor) -> torch.Tensor:
+        """``(B, V, K, 2)`` px -> ``(B, n_features)``."""
+        f = normalized_points(points, self.image_size)
+        return f.flatten(1) if self.concat else f.mean(1)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(points))
+
+
 def soft_argmax(logits: torch.Tensor, image_size: int) -> torch.Tensor:
     """Expected pixel position of each heat map: ``(N, K, h, w)`` logits -> ``(N, K, 2)`` px.
 
@@ -272,6 +306,10 @@ class MVFNet(nn.Module):
             self.geo_fusion = Fusion(cfg.fusion, GEO_FEATURES)
             self.geo_head_3dmm = _mlp(self.geo_fusion.out_features, cfg.hidden, cfg.n_id + cfg.n_exp)
             self.geo_head_pose = _mlp(GEO_FEATURES, 256, 6)
+        self.geo_linear = None
+        if self.geometry_points and cfg.geometry_linear:
+            self.geo_linear = LinearGeometry(cfg.fusion, cfg.image_size, self.geometry_points,
+                                             cfg.n_id + cfg.n_exp)
 
     @property
     def detector_input(self) -> bool:
@@ -349,7 +387,10 @@ class MVFNet(nn.Module):
     def _geometry_heads(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, v = points.shape[:2]
         geo = self.geometry(points.reshape(b * v, -1, 2)).reshape(b, v, -1)
-        return self.geo_head_3dmm(self.geo_fusion(geo)), self.geo_head_pose(geo)
+        coeffs = self.geo_head_3dmm(self.geo_fusion(geo))
+        if self.geo_linear is not None:
+            coeffs = coeffs + self.geo_linear(points)
+        return coeffs, self.geo_head_pose(geo)
 
     def _from_points(self, points: torch.Tensor | None, views) -> dict[str, torch.Tensor]:
         if self.geometry is None:

@@ -39,6 +39,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise MvfError(f"config key '{where}': the step budget must be >= 0")
         if st.landmark_noise_px < 0:
             raise MvfError(f"config key '{where}.landmark_noise_px': must be >= 0")
+        if st.linear_fit_samples < 0 or st.linear_fit_lambda < 0:
+            raise MvfError(f"config key '{where}': linear_fit_samples and linear_fit_lambda must be >= 0")
+        if st.linear_fit_samples and (st.kind != "geometry" or not m.geometry_linear):
+            raise MvfError(f"config key '{where}.linear_fit_samples': needs a geometry stage and "
+                           "model.geometry_linear: true")
         if st.max_minutes is not None and st.max_minutes <= 0:
             raise MvfError(f"config key '{where}.max_minutes': must be > 0")
         if st.batch_size < 1 or st.lr <= 0 or len(st.betas) != 2:

@@ -19,14 +19,20 @@ detector's measured residuals (bias + structured noise per yaw bin, scaled by
 ``landmark_noise_px / 1.5``: 1.5 means the measured noise, 0 the bias alone), then framed as
 `mvf reconstruct` crops photos (the box of the detector's 68 table points), so the branch learns
 the inputs and framing it meets on photos; the pose targets are those of that crop.
+
+With ``model.geometry_linear`` and ``linear_fit_samples``, the stage first fits the branch's linear
+part in closed form (`fit_linear_geometry`: ridge regression of id and exp on the views'
+normalised points, over that many simulated faces, in a minute or two); the MLP then learns
+what the linear map leaves (freeze ``geo_linear`` to keep the closed-form solution).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from mvf.config import from_dict
 from mvf.data.config import SynthConfig
@@ -41,6 +47,7 @@ from renderer.views import VIEWS
 LOSS_TERMS = ("vertex", "params", "pose", "landmark", "prior")
 VIRTUAL_ITEMS = 1_000_000  # the stream of sampled faces is indexed 0 .. VIRTUAL_ITEMS - 1
 MEASURED_NOISE_PX = 1.5  # landmark_noise_px that means "the detector's measured noise" (detector input)
+LINEAR_FIT_BATCH = 256  # simulated faces per batch of `fit_linear_geometry`
 
 
 def synth_config_for(root: str | Path):
@@ -131,18 +138,87 @@ def geometry_dataset(req) -> Dataset:
                      views=tuple(req.model_cfg.views), seed=req.seed)
 
 
-def geometry_loss(ctx, model: torch.nn.Module, batch: dict, weights, stage
-                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+@torch.no_grad()
+def simulated_views(ctx, batch: dict, stage, generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of `FaceDraws` as the geometry branch meets it: true vertices ``(B, N, 3)`` mm,
+    poses ``(B, V, 6)``, clean 68 landmarks ``(B, V, 68, 2)`` px and the branch's noisy input
+    points ``(B, V, K, 2)`` px (the head's landmarks plus noise, or simulated detections)."""
     size = ctx.model_cfg.image_size
     sim = detector_sim(ctx)
+    gt_verts = ctx.face.decode(batch["id"], batch["exp"])
+    if sim is None:
+        poses, lm = frame_views(ctx.projector, gt_verts, batch["angles"], batch["fill"], batch["shift"], size)
+        noise = torch.randn(lm.shape, generator=generator, dtype=lm.dtype, device=lm.device)
+        return gt_verts, poses, lm, lm + stage.landmark_noise_px * noise
+    poses, lm, det = detector_views(sim, ctx.projector, gt_verts, batch["angles"], size,
+                                    stage.landmark_noise_px / MEASURED_NOISE_PX, generator)
+    return gt_verts, poses, lm, det
+
+
+class RidgeMoments:
+    """Ridge regression of ``y`` ``(P,)`` on ``x`` ``(F,)`` from streamed batches (float64 sums,
+    no stored samples). `solve` penalises the *standardised* features by ``lam`` (as ridge on
+    ``(x - mean) / std``) and leaves the intercept free."""
+
+    def __init__(self, n_features: int, n_out: int):
+        self.n = 0
+        self.sx = torch.zeros(n_features, dtype=torch.float64)
+        self.sy = torch.zeros(n_out, dtype=torch.float64)
+        self.sxx = torch.zeros(n_features, n_features, dtype=torch.float64)
+        self.sxy = torch.zeros(n_features, n_out, dtype=torch.float64)
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """A batch: ``x`` ``(B, F)``, ``y`` ``(B, P)``."""
+        x, y = x.detach().cpu().double(), y.detach().cpu().double()
+        self.n += x.shape[0]
+        self.sx += x.sum(0)
+        self.sy += y.sum(0)
+        self.sxx += x.T @ x
+        self.sxy += x.T @ y
+
+    def solve(self, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights ``(F, P)`` and intercept ``(P,)`` with ``y ≈ x @ W + b``."""
+        n = self.n
+        mx, my = self.sx / n, self.sy / n
+        cxx = self.sxx - n * torch.outer(mx, mx)
+        cxy = self.sxy - n * torch.outer(mx, my)
+        var = (torch.diagonal(cxx) / max(n - 1, 1)).clamp_min(1e-12)
+        w = torch.linalg.solve(cxx + lam * torch.diag(var), cxy)
+        return w, my - mx @ w
+
+
+def fit_linear_geometry(ctx, net, stage, seed: int) -> dict | None:
+    """Fit ``net.geo_linear`` (`mvf.net.network.LinearGeometry`) in closed form: ridge regression
+    of the true id and exp on its features of ``stage.linear_fit_samples`` simulated faces
+    (`simulated_views`, drawn from ``seed``: deterministic, the same on every rank). A stage
+    without ``linear_fit_samples`` or a network without the linear part leaves it as it is.
+    Returns the fit's summary or None."""
+    lin = getattr(net, "geo_linear", None)
+    n = int(getattr(stage, "linear_fit_samples", 0))
+    if lin is None or n <= 0:
+        return None
+    t0 = time.perf_counter()
+    draws = FaceDraws(synth_config_for(stage.data.root), ctx.face.n_id, ctx.face.exp_names,
+                      views=tuple(ctx.model_cfg.views), seed=seed)
+    gen = torch.Generator(device=ctx.face.device).manual_seed(seed % (2 ** 63))
+    n_id = ctx.model_cfg.n_id
+    moments = RidgeMoments(lin.n_features, lin.linear.out_features)
+    for start in range(0, n, LINEAR_FIT_BATCH):
+        batch = default_collate([draws[i] for i in range(start, min(n, start + LINEAR_FIT_BATCH))])
+        batch = {k: v.to(ctx.face.device) for k, v in batch.items()}
+        *_, points = simulated_views(ctx, batch, stage, gen)
+        moments.add(lin.features(points), torch.cat([batch["id"][:, :n_id], batch["exp"]], -1))
+    w, b = moments.solve(stage.linear_fit_lambda)
     with torch.no_grad():
-        gt_verts = ctx.face.decode(batch["id"], batch["exp"])
-        if sim is None:
-            poses, lm = frame_views(ctx.projector, gt_verts, batch["angles"], batch["fill"], batch["shift"], size)
-            noisy = lm + stage.landmark_noise_px * torch.randn_like(lm)
-        else:
-            poses, lm, noisy = detector_views(sim, ctx.projector, gt_verts, batch["angles"], size,
-                                              stage.landmark_noise_px / MEASURED_NOISE_PX)
+        lin.linear.weight.copy_(w.T.to(lin.linear.weight))
+        lin.linear.bias.copy_(b.to(lin.linear.bias))
+    return {"samples": n, "lambda": stage.linear_fit_lambda, "seconds": time.perf_counter() - t0}
+
+
+def geometry_loss(ctx, model: torch.nn.Module, batch: dict, weights, stage
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    gt_verts, poses, lm, noisy = simulated_views(ctx, batch, stage)
     out = model(None, landmarks=noisy)
     verts = ctx.face.decode(out["id"], out["exp"])
     _, scale = ctx.pose_norm.tensors(out["pose"])

@@ -64,7 +64,7 @@ def train_columns() -> list[str]:
 # ----------------------------------------------------------------------------- sampling
 def item_seed(seed: int, stage: int, position: int, purpose: int = 0) -> int:
     """A 63-bit seed for stream ``position`` of a stage (``purpose`` 0: an item's augmentation,
-    1: the permutation of epoch ``position``)."""
+    1: the permutation of epoch ``position``, 2: the stage's `StageKind.prepare`)."""
     state = np.random.SeedSequence([seed, stage, purpose, position]).generate_state(2, np.uint64)
     return int(state[0] >> np.uint64(1))
 
@@ -500,6 +500,9 @@ class Trainer:
                     continue
                 if self.opt_stage != stage.index:
                     self._enter_stage(stage)
+                if self.stage_step == 0 and stage.kind.prepare is not None:
+                    stage.kind.prepare(self.ctx, self.net, stage.cfg,
+                                       item_seed(self.cfg.seed, stage.index, 0, purpose=2))
                 k1 = stage.steps if cap is None else min(stage.steps, self.stage_step + cap - self.step)
                 tick = time.perf_counter()
                 for batch in self._loader(stage, self.stage_step, k1):

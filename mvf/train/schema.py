@@ -65,6 +65,9 @@ class StageConfig:
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes this stage leaves
     # unchanged, e.g. [geometry, geo_] (see `mvf.net.network.MVFNet`)
     landmark_noise_px: float = 1.5  # geometry stages: Gaussian noise on the input landmarks, px
+    linear_fit_samples: int = 0  # geometry stages with model.geometry_linear: simulated faces the
+    # linear part is fitted on, in closed form, when the stage starts (0: not fitted)
+    linear_fit_lambda: float = 3.0e4  # its ridge penalty (on standardised features)
     # self_supervised stages only (`mvf.train.selfsup_stage`; other kinds ignore these):
     cross_view: CrossViewConfig = field(default_factory=CrossViewConfig)  # mask erosion, distance
     flow: FlowConfig = field(default_factory=FlowConfig)  # the flow estimator F (alignment loss)

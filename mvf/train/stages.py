@@ -36,12 +36,15 @@ class StageKind:
 
     ``compute_loss(ctx, model, batch, weights, stage)`` runs the forward pass on a batch already
     on the device and returns ``(total, terms)``: the weighted scalar to minimise and each
-    unweighted term (for the logs; keys are `LossWeights` field names).
+    unweighted term (for the logs; keys are `LossWeights` field names). ``prepare(ctx, net,
+    stage, seed)``, if given, runs when the stage starts at its first step (also on every rank:
+    it must be deterministic for the seed).
     """
 
     loss_terms: tuple[str, ...]
     make_dataset: Callable[[DataRequest], Dataset]
     compute_loss: LossFn
+    prepare: Callable | None = None  # (ctx, net, stage, seed) when the stage starts from its first step
 
 
 # ----------------------------------------------------------------------------- data helpers
@@ -161,6 +164,7 @@ GEOMETRY = StageKind(
     loss_terms=geometry_stage.LOSS_TERMS,
     make_dataset=geometry_stage.geometry_dataset,
     compute_loss=geometry_stage.geometry_loss,
+    prepare=geometry_stage.fit_linear_geometry,
 )
 
 STAGE_KINDS: dict[str, StageKind] = {
