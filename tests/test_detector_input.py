@@ -210,3 +210,18 @@ def test_geometry_stage_fits_the_linear_part_in_closed_form(tiny_synth, tmp_path
         rmse = aligned_rmse(face.decode(out["id"], out["exp"]), gt, region).mean()
         mean = aligned_rmse(face.mean[None].expand_as(gt), gt, region).mean()
     assert rmse < 0.85 * mean, (float(rmse), float(mean))  # 0.74 measured with 1024 faces
+
+
+def test_picture_sheets_of_a_detector_input_network(tiny_synth, tmp_path, lset):
+    """Training a detector-input network writes its picture sheets (the sample's simulated
+    detections go in with its images)."""
+    from conftest import smoke_args
+
+    from mvf.cli import main
+
+    out = tmp_path / "pics"
+    args = smoke_args(tiny_synth, out, "--set", "stages.0.steps=2", "--set", "model.geometry_input=detector",
+                      "--set", "pictures_every=2")
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "pictures").iterdir()) == [
+        f"step_000002_{v}.png" for v in sorted(("front", "left", "right"))]

@@ -44,6 +44,7 @@ from mvf.net.network import MVFNet, build_network
 from mvf.train import checkpoint as ckpt_io
 from mvf.train import ddp
 from mvf.train.config import LossWeights, StageConfig, TrainConfig
+from mvf.train.detector_sim import VALIDATION_SEED, geometry_inputs
 from mvf.train.logs import RunLogger
 from mvf.train.runfolder import RunFolder
 from mvf.train.status import StatusLine
@@ -501,8 +502,10 @@ class Trainer:
                 if self.opt_stage != stage.index:
                     self._enter_stage(stage)
                 if self.stage_step == 0 and stage.kind.prepare is not None:
-                    stage.kind.prepare(self.ctx, self.net, stage.cfg,
-                                       item_seed(self.cfg.seed, stage.index, 0, purpose=2))
+                    done_prep = stage.kind.prepare(self.ctx, self.net, stage.cfg,
+                                                   item_seed(self.cfg.seed, stage.index, 0, purpose=2))
+                    if done_prep and self.info.is_main and self.cfg.progress:
+                        print(f"train: stage {stage.cfg.name} prepared: {done_prep}", file=sys.stderr, flush=True)
                 k1 = stage.steps if cap is None else min(stage.steps, self.stage_step + cap - self.step)
                 tick = time.perf_counter()
                 for batch in self._loader(stage, self.stage_step, k1):
@@ -577,8 +580,10 @@ class Trainer:
         if not self.info.is_main:
             return
         source = self.val_loader.dataset if self.val_loader is not None else self.plan[0].dataset
-        images = source[0]["images"]
-        sheets = training_sheets(self.ctx, self.net, images, stage.cfg)
+        item = source[0]
+        sample = to_device({k: v[None] for k, v in item.items() if torch.is_tensor(v)}, self.device)
+        gen = torch.Generator(device=self.device).manual_seed(VALIDATION_SEED)  # not the training RNG
+        sheets = training_sheets(self.ctx, self.net, item["images"], stage.cfg, geometry_inputs(self.ctx, sample, gen))
         for view, sheet in zip(self.cfg.model.views, sheets):
             write_image(self.out / "pictures" / f"step_{self.step:06d}_{view}.png", sheet)
             if self.logger is not None and self.logger.tb is not None:

@@ -212,13 +212,15 @@ def cross_view_sheets(images: Tensor, verts: Tensor, faces: Tensor, poses: Tenso
 
 
 @torch.no_grad()
-def training_sheets(ctx: LossContext, net: torch.nn.Module, images: Tensor, stage: StageConfig) -> list[np.ndarray]:
+def training_sheets(ctx: LossContext, net: torch.nn.Module, images: Tensor, stage: StageConfig,
+                    extra: dict | None = None) -> list[np.ndarray]:
     """Sheets of the network's prediction for one sample ``(V, 3, S, S)`` with ``stage``'s
-    cross-view settings (at its ``photo_size``); the network runs in eval mode (restored after)."""
+    cross-view settings (at its ``photo_size``); the network runs in eval mode (restored after).
+    ``extra``: further network inputs of the sample, batched (e.g. its ``detector_points``)."""
     was_training = net.training
     net.eval()
     try:
-        out = net(images[None].to(ctx.device))
+        out = net(images[None].to(ctx.device), **(extra or {}))
     finally:
         net.train(was_training)
     views = list(ctx.model_cfg.views)
