@@ -144,20 +144,22 @@ def test_fit_with_noisy_landmarks_still_lowers_vertex_error(model, synthetic_sub
 
 
 def test_fit_starts_from_a_network_prediction(model, synthetic_subjects):
-    """An ``init`` dict is used as the start; its extra identity modes are kept."""
+    """An ``init`` dict is used as the start, cut to the fit's ``n_id`` identity modes."""
     subject = synthetic_subjects[0]
     images = torch.from_numpy(subject.images).permute(0, 3, 1, 2).float() / 255.0
     lm = torch.from_numpy(subject.labels["landmarks"])
     vis = torch.from_numpy(subject.labels["landmark_visible"]).float()
     init = {"id": torch.from_numpy(subject.labels["id"]), "exp": torch.from_numpy(subject.labels["exp"]),
             "pose": torch.from_numpy(subject.labels["pose"])}
-    result = fit(model, images, lm, vis, FitConfig(landmark_steps=0), init=init)  # no steps: the start itself
+    cut = fit(model, images, lm, vis, FitConfig(landmark_steps=0), init=init)
+    assert cut.id.numel() == FitConfig().n_id and torch.equal(cut.id, init["id"][:FitConfig().n_id].float())
+    result = fit(model, images, lm, vis, FitConfig(n_id=model.n_id, landmark_steps=0), init=init)  # the start itself
     assert result.id.numel() == model.n_id
     assert torch.allclose(result.poses, init["pose"])
     gt = torch.from_numpy(subject.verts)[None]
     assert float(aligned_rmse(model.decode(result.id[None], result.exp[None]), gt)) < 1e-3
     # refining from the truth trades a little shape for the priors (a MAP fit) but stays close
-    refined = fit(model, images, lm, vis, FitConfig(), init=init)
+    refined = fit(model, images, lm, vis, FitConfig(n_id=model.n_id), init=init)
     mean_face = float(aligned_rmse(model.mean[None], gt))
     assert float(aligned_rmse(model.decode(refined.id[None], refined.exp[None]), gt)) < 0.6 * mean_face
     err = (fitted_landmarks(model, refined) - lm).norm(dim=-1)

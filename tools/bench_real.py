@@ -53,7 +53,7 @@ from mvf.recon.crop import crop_image  # noqa: E402
 from mvf.recon.detect import LandmarkDetector, landmarks_from_raw478  # noqa: E402
 from mvf.recon.fit import FitConfig, fit  # noqa: E402
 from mvf.net.checkpoint import load_model  # noqa: E402
-from mvf.recon.pipeline import fit_targets, network_points, predict_views  # noqa: E402
+from mvf.recon.pipeline import fit_targets, network_fit_config, network_points, predict_views  # noqa: E402
 from mvf.recon.views import Views  # noqa: E402
 from mvf.train.config import ValidationConfig  # noqa: E402
 from renderer.views import VIEWS  # noqa: E402
@@ -201,7 +201,8 @@ def run_set(model, subjects: list[Subject], cfg, lset, region, front_only: bool 
             init, vn, secs = predict_subject(network, s, (0, 1, 2))
             rows["net"].append(rmse(vn))
             rows["net_s"].append(secs)
-            vf, fsecs = fit_subject(model, s, cfg, lset, (0, 1, 2), init=init)
+            # the fit `mvf reconstruct --checkpoint` runs after the network (its default steps)
+            vf, fsecs = fit_subject(model, s, network_fit_config(network, cfg, None), lset, (0, 1, 2), init=init)
             rows["net_fit"].append(rmse(vf))
             rows["net_fit_s"].append(secs + fsecs)
             front_net = network if takes_any_views(network) else front_network

@@ -3,8 +3,9 @@
 1. build the face-model asset (done by `make setup`; repeated here only if missing);
 2. synthesise a small dataset and a held-out triplet;
 3. train configs/cpu.yaml briefly: its stages shortened to GEOMETRY_STEPS geometry (the geometry
-   branch on the detector's simulated points, `model.geometry_input: detector`) and
-   MVF_MAIN_STEPS supervised steps, capped with --steps at their sum;
+   branch on the detector's simulated points, `model.geometry_input: detector`, after its
+   closed-form linear part) and MVF_MAIN_STEPS supervised steps, capped with --steps at their
+   sum; then configs/cpu_front.yaml (the front view alone) the same way;
 4. reconstruct the held-out synthetic triplet with the trained network;
 5. export the mesh;
 6. write the per-view visibility renders and a short report (landmark px, RMSE mm vs the truth);
@@ -12,7 +13,7 @@
    landmarks, test-time fitting) and render its turntable;
 8. tools/bench_real.py on BENCH_SUBJECTS subjects of its *test* set at 224 and 512 px (the real
    detector in the loop: mean face, 3 views, front only; the trained network alone, network +
-   fit, front view alone) and on the scan-lps check case with `mvf reconstruct --checkpoint`.
+   fit, the front-only network) and on the scan-lps check case with `mvf reconstruct --checkpoint`.
 """
 from __future__ import annotations
 
@@ -47,12 +48,23 @@ def bench_json(tool: str, *args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def real_benchmark(checkpoint: Path) -> dict:
+def real_benchmark(checkpoint: Path, front_checkpoint: Path) -> dict:
     """`tools/bench_real.py` on the test set (no choice is made on it) and scan-lps, with the
-    network paths of ``checkpoint`` (scan-lps through `mvf reconstruct --checkpoint`)."""
+    network paths of ``checkpoint`` and the front-only ``front_checkpoint`` (scan-lps through
+    `mvf reconstruct --checkpoint`)."""
     return bench_json("bench_real", "--sets", "test", "--subjects", str(BENCH_SUBJECTS),
                       "--data", str(OUT / "data" / "bench_real"), "--checkpoint", str(checkpoint),
-                      "--scan-args", f"--checkpoint {checkpoint}")
+                      "--front-checkpoint", str(front_checkpoint), "--scan-args", f"--checkpoint {checkpoint}")
+
+
+def train_short(config: str, run: Path, data: Path) -> None:
+    """``config`` trained briefly into ``run`` (GEOMETRY_STEPS + MAIN_STEPS, on ``data``), afresh."""
+    shutil.rmtree(run, ignore_errors=True)  # a fresh short run each time (the config may have changed)
+    mvf("train", "--config", config, "--out", str(run), "--steps", str(GEOMETRY_STEPS + MAIN_STEPS),
+        "--set", f"stages.geometry.steps={GEOMETRY_STEPS}", "--set", f"stages.supervised.steps={MAIN_STEPS}",
+        "--set", f"validation.root={data}", "--set", f"stages.geometry.data.root={data}",
+        "--set", f"stages.supervised.data.root={data}",
+        "--set", "validation.every_steps=200", "--set", "checkpoint_every=200", "--quiet")
 
 
 def mvf(*args: str) -> None:
@@ -101,14 +113,9 @@ def main() -> None:
     data, held = OUT / "data" / "synth", OUT / "data" / "heldout"
     mvf("synth", "--out", str(data), "--subjects", str(TRAIN_SUBJECTS), "--seed", "0", "--size", "96", "--quiet")
     mvf("synth", "--out", str(held), "--subjects", str(HELD_OUT_SUBJECTS), "--seed", str(HELD_OUT_SEED), "--size", str(HELD_OUT_SIZE), "--quiet")
-    run = OUT / "runs" / "cpu"
-    shutil.rmtree(run, ignore_errors=True)  # a fresh short run each time (the config may have changed)
-    total = GEOMETRY_STEPS + MAIN_STEPS
-    mvf("train", "--config", "configs/cpu.yaml", "--out", str(run), "--steps", str(total),
-        "--set", f"stages.geometry.steps={GEOMETRY_STEPS}", "--set", f"stages.supervised.steps={MAIN_STEPS}",
-        "--set", f"validation.root={data}", "--set", f"stages.geometry.data.root={data}",
-        "--set", f"stages.supervised.data.root={data}",
-        "--set", "validation.every_steps=200", "--set", "checkpoint_every=200", "--quiet")
+    run, front_run = OUT / "runs" / "cpu", OUT / "runs" / "cpu_front"
+    train_short("configs/cpu.yaml", run, data)
+    train_short("configs/cpu_front.yaml", front_run, data)  # the same recipe on the front view alone
     subject = sorted(p for p in held.iterdir() if p.is_dir())[0]
     recon = OUT / "recon_synth"
     mvf("reconstruct", "--checkpoint", str(run / "last.pt"), "--images", str(subject), "--out", str(recon),
@@ -140,7 +147,7 @@ def main() -> None:
             fh.write(f"real triplet-1 ({real.get('landmarks', 'fit')}): landmark error "
                      f"{real['landmark_error_px']:.2f} px at 224 px (vs the 68-point table); "
                      f"turntable {OUT / 'turntable_triplet1.png'}\n")
-    bench = real_benchmark(run / "last.pt")
+    bench = real_benchmark(run / "last.pt", front_run / "last.pt")
     with open(OUT / "report.txt", "a") as fh:
         fh.write(f"real detector in the loop (tools/bench_real.py, test set, {BENCH_SUBJECTS} subjects, "
                  "face-region RMSE, rigid):\n")

@@ -374,8 +374,8 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
             cross-view phase reads them). landmarks: ``(V, 68, 2)`` crop pixels.
         visible: ``(V, 68)`` landmark weights (None: all).
         cfg: `FitConfig`. init: optional ``{"id": (k,), "exp": (k,), "pose": (V, 6)}`` start in
-            crop pixels (e.g. the network's prediction; all its k identity modes are optimised if
-            k > ``cfg.n_id``); otherwise the mean face and `init_poses_from_landmarks`.
+            crop pixels (e.g. the network's prediction; its first ``cfg.n_id`` identity modes);
+            otherwise the mean face and `init_poses_from_landmarks`.
         progress: show a progress bar over the cross-view steps (on a terminal).
         landmark_set: the K points ``landmarks`` ``(V, K, 2)`` and ``visible`` ``(V, K)`` are of
             (e.g. the calibrated mediapipe set); default the model's iBUG-68 set.
@@ -387,8 +387,7 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
     images, landmarks = images.to(dev), landmarks.to(dev).float()
     n_views = landmarks.shape[0]
     vis = torch.ones(landmarks.shape[:2], device=dev) if visible is None else visible.to(dev).float()
-    n_id = cfg.n_id if init is None else max(cfg.n_id, int(torch.as_tensor(init["id"]).numel()))
-    # a network's extra id modes are kept
+    n_id = cfg.n_id  # a start with more modes (a network's) is cut to them: more overfit the landmarks
     lset = model.landmark_set(cfg.contour, cfg.w_jaw) if landmark_set is None else landmark_set
     compact = LandmarkProjector(model, lset, n_id)
     n_id, n_exp = compact.n_id, model.n_exp
