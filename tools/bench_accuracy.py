@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         "inference_ms_per_triplet": 1000.0 * float(np.median(times)) if times else float("nan"),
         "threads": torch.get_num_threads(),
     }
-    if getattr(model.net, "geometry", None) is not None:
-        report.update(landmark_branch_diagnostics(model.net, loader, ctx))
+    if cfg.model.landmark_head and getattr(model.net, "geometry", None) is not None:
+        report.update(landmark_branch_diagnostics(model.net, loader, ctx))  # the head's landmarks
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
