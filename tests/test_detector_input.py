@@ -225,3 +225,28 @@ def test_picture_sheets_of_a_detector_input_network(tiny_synth, tmp_path, lset):
     assert main(args) == 0
     assert sorted(p.name for p in (out / "pictures").iterdir()) == [
         f"step_000002_{v}.png" for v in sorted(("front", "left", "right"))]
+
+
+def test_bench_accuracy_runs_on_a_detector_input_network(tiny_synth, tmp_path, lset, capsys):
+    """`tools/bench_accuracy.py` (make run's held-out report) on a detector-input network: the
+    validation and timing feed simulated detections; the landmark-head diagnostics are skipped."""
+    import json
+    import sys
+
+    from conftest import smoke_args
+
+    from mvf.cli import main
+
+    out = tmp_path / "det"
+    assert main(smoke_args(tiny_synth, out, "--set", "stages.0.steps=1", "--set", "model.geometry_input=detector")) == 0
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import bench_accuracy
+    finally:
+        sys.path.pop(0)
+    capsys.readouterr()
+    assert bench_accuracy.main(["--checkpoint", str(out / "last.pt"), "--data", str(tiny_synth),
+                                "--subjects", "2", "--timing-runs", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rmse_mm_mean"] > 0 and report["inference_ms_per_triplet"] > 0
+    assert "landmark_head_px" not in report
