@@ -194,8 +194,7 @@ def fit_linear_geometry(ctx, net, stage, seed: int) -> dict | None:
     (`simulated_views`, drawn from ``seed``: deterministic, the same on every rank). A stage
     without ``linear_fit_samples`` or a network without the linear part leaves it as it is.
     Returns the fit's summary or None."""
-    lin = getattr(net, "geo_linear", None)
-    n = int(getattr(stage, "linear_fit_samples", 0))
+    lin, n = net.geo_linear, stage.linear_fit_samples
     if lin is None or n <= 0:
         return None
     t0 = time.perf_counter()
