@@ -28,7 +28,6 @@ from the ICT model) with provenance (seeds, counts, version, model asset id) in 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -45,7 +44,7 @@ from mvf.face.landmarks import LandmarkProjector, LandmarkSet, landmark_set_from
 from mvf.face.model import FaceModel
 from mvf.fileio import atomic_path
 from mvf.recon.detect import LandmarkDetector
-from mvf.recon.fit import FitConfig
+from mvf.recon.fit import with_defaults
 from renderer import rasterize
 from renderer.camera import project, view_directions
 
@@ -70,10 +69,7 @@ CALIBRATED_FIT_DEFAULTS = {"w_exp_prior": 4.0, "photo_steps": 20, "w_photo": 200
 
 def calibrated_fit_config(cfg):
     """``cfg`` (a `mvf.recon.fit.FitConfig`) with `CALIBRATED_FIT_DEFAULTS` for keys left at the default."""
-    
-    base = FitConfig()
-    changes = {k: v for k, v in CALIBRATED_FIT_DEFAULTS.items() if getattr(cfg, k) == getattr(base, k)}
-    return dataclasses.replace(cfg, **changes)
+    return with_defaults(cfg, CALIBRATED_FIT_DEFAULTS)
 
 
 def face_oval_indices() -> list[int]:

@@ -14,6 +14,7 @@ the mean face with poses from a closed-form weak-perspective fit to the 2D landm
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -113,6 +114,13 @@ class FitConfig:
             raise MvfError(f"config key 'landmarks': {self.landmarks!r} is not one of {list(LANDMARK_CHOICES)}")
         if len(self.pose_step) != 6:
             raise MvfError(f"config key 'pose_step': expected 6 numbers, got {len(self.pose_step)}")
+
+
+def with_defaults(cfg: FitConfig, defaults: dict) -> FitConfig:
+    """``cfg`` with ``defaults`` (key -> value) for the keys it leaves at `FitConfig`'s own default:
+    a profile's tuned settings that a user's explicit settings still override."""
+    base = FitConfig()
+    return dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) == getattr(base, k)})
 
 
 @dataclass

@@ -27,7 +27,7 @@ from mvf.net.checkpoint import LoadedModel
 from mvf.face.landmarks import LandmarkSet
 from mvf.recon.calibrate import DEFAULT_SET, calibrated_fit_config, load_landmark_set
 from mvf.recon.crop import crop_image
-from mvf.recon.fit import FitConfig, FitResult, fit, fitted_landmarks, scale_poses
+from mvf.recon.fit import FitConfig, FitResult, fit, fitted_landmarks, scale_poses, with_defaults
 from mvf.recon.refine import predict
 from mvf.recon.texture import Texture, TextureConfig, texture_from_views, uv_layout
 from mvf.recon.views import Views
@@ -87,8 +87,7 @@ def network_fit_config(network: LoadedModel, cfg: FitConfig, refine_steps: int |
         return dataclasses.replace(cfg, landmark_steps=refine_steps)
     if not network.net.detector_input:
         return None
-    base = FitConfig()
-    return dataclasses.replace(cfg, **{k: v for k, v in NETWORK_FIT_DEFAULTS.items() if getattr(cfg, k) == getattr(base, k)})
+    return with_defaults(cfg, NETWORK_FIT_DEFAULTS)
 
 
 def network_points(views: Views, network: LoadedModel) -> Tensor | None:

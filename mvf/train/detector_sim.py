@@ -43,10 +43,13 @@ class DetectorSim:
     def n_points(self) -> int:
         return self.projector.n_points
 
-    def points(self, verts: Tensor, poses: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Simulated detections ``(B, V, K, 2)`` px of meshes ``(B, N, 3)`` mm in views ``(B, V, 6)``."""
+    def points(self, verts: Tensor, poses: Tensor, generator: torch.Generator | None = None,
+               noise_scale: float | None = None) -> Tensor:
+        """Simulated detections ``(B, V, K, 2)`` px of meshes ``(B, N, 3)`` mm in views ``(B, V, 6)``;
+        ``noise_scale`` (default the simulator's) multiplies the random part of the error."""
         uv = self.projector(verts, poses)
-        res = self.error.sample(poses[..., 2].detach(), generator, self.noise_scale)
+        scale = self.noise_scale if noise_scale is None else noise_scale
+        res = self.error.sample(poses[..., 2].detach(), generator, scale)
         return uv + poses[..., :1, None] * res
 
     def crop_frame(self, points: Tensor, size: int) -> tuple[Tensor, Tensor]:

@@ -120,8 +120,7 @@ def detector_views(sim, projector, verts: torch.Tensor, angles: torch.Tensor, si
     b, v = angles.shape[:2]
     ones = torch.ones(b, v, 1, dtype=verts.dtype, device=verts.device)
     pose0 = torch.cat([ones, angles, torch.zeros_like(ones), torch.zeros_like(ones)], -1)
-    uv = sim.projector(verts, pose0)  # f = 1 px/mm, t = 0: residuals in mm are px here
-    det = uv + sim.error.sample(angles[..., 1], generator, noise_scale)
+    det = sim.points(verts, pose0, generator, noise_scale)  # f = 1 px/mm, t = 0
     det, crop = sim.crop_frame(det, size)
     scale, offset = crop[..., :1], crop[..., 1:]
     poses = torch.cat([scale, angles, -offset * scale], -1)
