@@ -250,3 +250,42 @@ def test_bench_accuracy_runs_on_a_detector_input_network(tiny_synth, tmp_path, l
     report = json.loads(capsys.readouterr().out)
     assert report["rmse_mm_mean"] > 0 and report["inference_ms_per_triplet"] > 0
     assert "landmark_head_px" not in report
+
+
+def test_detector_batch_frames_renders_as_photos_are_cropped(tiny_synth, face, lset):
+    """`detector_batch` re-frames labelled renders the way `mvf reconstruct` crops photos: the
+    moved landmarks are the projection of the true face in the moved pose, the face's mask moves
+    with them, and framing the result again is the identity (the crop is already the photo crop)."""
+    from mvf.data import SynthDataset
+    from mvf.face.landmarks import LandmarkProjector
+    from mvf.recon.crop import crop_box
+    from mvf.train.context import LossContext
+    from mvf.train.detector_sim import detector_batch, network_inputs
+
+    ds = SynthDataset(tiny_synth)
+    batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in
+             ("images", "id", "exp", "pose", "landmarks", "landmark_visible", "masks")}
+    cfg = validate_model(ModelConfig(geometry_input="detector", geometry_points=lset.n_points))
+    ctx = LossContext(face=face, projector=LandmarkProjector(face), pose_norm=None,
+                      region=face_region(face, 95.0), model_cfg=cfg, device=torch.device("cpu"))
+    out = detector_batch(ctx, batch, torch.Generator().manual_seed(3))
+    size = batch["images"].shape[-1]
+    assert out["images"].shape == batch["images"].shape and set(network_inputs(out)) == {"detector_points"}
+    verts = face.decode(batch["id"], batch["exp"])
+    reprojected = ctx.projector(verts, out["pose"])
+    assert (reprojected - out["landmarks"]).abs().max() < 1e-2  # px: poses and labels moved together
+    scale = out["pose"][..., 0] / batch["pose"][..., 0]
+    assert (scale - 1).abs().max() > 0.02  # the renders' framing is not the photos' crop
+
+    def colours(images, lm):  # (B, V, 68, 3) bilinear colours at landmark positions
+        grid = (2.0 * lm / size - 1.0).flatten(0, 1)[:, None]  # (B V, 1, 68, 2)
+        c = torch.nn.functional.grid_sample(images.flatten(0, 1), grid, align_corners=False)
+        return c[:, :, 0].transpose(1, 2).reshape(*lm.shape[:3], 3)
+    same = (colours(out["images"], out["landmarks"]) - colours(batch["images"], batch["landmarks"])).abs().mean()
+    moved = (colours(out["images"], batch["landmarks"]) - colours(batch["images"], batch["landmarks"])).abs().mean()
+    assert same < 0.02 and moved > 3 * same  # the images moved with the labels
+    assert ((out["masks"] == 0) | (out["masks"] == 1)).all() and out["masks"].sum() > 0
+    # the crop of the re-framed detections' 68 table points is the whole image
+    sim = load_detector_sim(face)
+    boxes = np.array([[crop_box(v) for v in b] for b in out["detector_points"][:, :, sim.crop_rows].double().numpy()])
+    assert np.abs(boxes[..., :2]).max() < 0.5 and np.abs(boxes[..., 2] - size).max() < 0.5

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from mvf.train.config import config_from_dict
     from mvf.recon.refine import predict
     from mvf.train.stages import LossContext
-    from mvf.train.detector_sim import geometry_inputs
+    from mvf.train.detector_sim import detector_batch, network_inputs
     from mvf.train.validation import evaluate
 
     if args.threads:
@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         for i in range(min(args.timing_runs, len(ds)) + 2):
             item = ds[i % len(ds)]
-            x = item["images"][None]  # detector-input networks: simulated detections of the labels
-            extra = geometry_inputs(ctx, {k: item[k][None] for k in ("id", "exp", "pose")})
+            sample = detector_batch(ctx, {k: item[k][None] for k in ("images", "id", "exp", "pose")})
+            x, extra = sample["images"], network_inputs(sample)  # detector input: simulated detections
             t0 = time.perf_counter()
             predict(model.net, model.face, x, **extra)
             if i >= 2:  # warm-up

@@ -9,7 +9,8 @@ diagonal noise, in mm, scaled by the view's f px/mm).
 
 `crop_frame` frames simulated views the way `mvf reconstruct` crops photos (`mvf.recon.crop`: the
 square box 1.5x the extent of the detector's 68 table points, `MEDIAPIPE_TO_IBUG68`), so the
-geometry stage sees the inputs inference will give it.
+geometry stage sees the inputs inference will give it; `detector_batch` re-frames labelled renders
+(images, poses, landmarks) the same way for the image stages and validation.
 """
 from __future__ import annotations
 
@@ -96,12 +97,54 @@ def detector_sim(ctx) -> DetectorSim | None:
     return sim
 
 
-def geometry_inputs(ctx, batch: dict, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """Extra network inputs for a labelled batch: ``{"detector_points": (B, V, K, 2)}`` simulated from
-    its ``id``, ``exp`` and ``pose`` (in the batch images' pixels), or ``{}`` (head input)."""
+def crop_images(images: Tensor, crop: Tensor) -> Tensor:
+    """Resample square images ``(B, V, C, S, S)`` to the crops ``(B, V, 3)`` (scale, x0, y0) of
+    `DetectorSim.crop_frame`: crop pixel ``c`` shows image point ``c / scale + (x0, y0)``; outside the
+    image is black, as `mvf.recon.crop` pads photos. Bilinear; same size out."""
+    b, v, c, s, _ = images.shape
+    inv = 1.0 / crop[..., 0].reshape(-1)
+    x0, y0 = crop[..., 1].reshape(-1), crop[..., 2].reshape(-1)
+    zero = torch.zeros_like(inv)
+    theta = torch.stack([torch.stack([inv, zero, inv + 2.0 * x0 / s - 1.0], -1),
+                         torch.stack([zero, inv, inv + 2.0 * y0 / s - 1.0], -1)], -2)
+    grid = torch.nn.functional.affine_grid(theta.to(images.dtype), [b * v, c, s, s], align_corners=False)
+    out = torch.nn.functional.grid_sample(images.reshape(b * v, c, s, s), grid, mode="bilinear",
+                                          padding_mode="zeros", align_corners=False)
+    return out.reshape(b, v, c, s, s)
+
+
+def detector_batch(ctx, batch: dict, generator: torch.Generator | None = None) -> dict:
+    """A labelled batch as `mvf reconstruct` feeds a detector-input network (unchanged for head input).
+
+    Simulates the detections of its ``id``, ``exp`` and ``pose`` (in the images' pixels), then
+    re-frames the sample the way photos are cropped (`DetectorSim.crop_frame`: the box of the
+    simulated 68 table points): ``images`` ``(B, V, 3, S, S)`` (and ``masks`` ``(B, V, S, S)``) resampled
+    to that crop, ``pose`` and ``landmarks`` moved into it, and ``detector_points`` ``(B, V, K, 2)`` px
+    added in it. So the image branch is trained on the framing it meets on photos, and the
+    geometry branch gets the inputs the geometry stage trained it on.
+    """
     sim = detector_sim(ctx)
     if sim is None:
-        return {}
+        return batch
     with torch.no_grad():
         verts = ctx.face.decode(batch["id"], batch["exp"])
-        return {"detector_points": sim.points(verts, batch["pose"], generator)}
+        size = batch["images"].shape[-1]
+        det, crop = sim.crop_frame(sim.points(verts, batch["pose"], generator), size)
+        scale, offset = crop[..., :1], crop[..., 1:]
+        out = dict(batch)
+        out["detector_points"] = det
+        out["images"] = crop_images(batch["images"], crop)
+        if "masks" in batch:
+            out["masks"] = (crop_images(batch["masks"][:, :, None], crop)[:, :, 0] > 0.5).to(batch["masks"].dtype)
+        pose = batch["pose"].clone()
+        pose[..., :1] = pose[..., :1] * scale
+        pose[..., 4:6] = (pose[..., 4:6] - offset) * scale
+        out["pose"] = pose
+        if "landmarks" in batch:
+            out["landmarks"] = (batch["landmarks"] - offset[:, :, None]) * scale[..., None]
+        return out
+
+
+def network_inputs(batch: dict) -> dict[str, Tensor]:
+    """The network's extra inputs in a `detector_batch`: ``{"detector_points": ...}`` or ``{}``."""
+    return {"detector_points": batch["detector_points"]} if "detector_points" in batch else {}

@@ -44,7 +44,7 @@ from mvf.net.network import MVFNet, build_network
 from mvf.train import checkpoint as ckpt_io
 from mvf.train import ddp
 from mvf.train.config import LossWeights, StageConfig, TrainConfig
-from mvf.train.detector_sim import VALIDATION_SEED, geometry_inputs
+from mvf.train.detector_sim import VALIDATION_SEED, detector_batch, network_inputs
 from mvf.train.logs import RunLogger
 from mvf.train.runfolder import RunFolder
 from mvf.train.status import StatusLine
@@ -583,7 +583,8 @@ class Trainer:
         item = source[0]
         sample = to_device({k: v[None] for k, v in item.items() if torch.is_tensor(v)}, self.device)
         gen = torch.Generator(device=self.device).manual_seed(VALIDATION_SEED)  # not the training RNG
-        sheets = training_sheets(self.ctx, self.net, item["images"], stage.cfg, geometry_inputs(self.ctx, sample, gen))
+        sample = detector_batch(self.ctx, sample, gen)  # detector input: as photos are cropped
+        sheets = training_sheets(self.ctx, self.net, sample["images"][0], stage.cfg, network_inputs(sample))
         for view, sheet in zip(self.cfg.model.views, sheets):
             write_image(self.out / "pictures" / f"step_{self.step:06d}_{view}.png", sheet)
             if self.logger is not None and self.logger.tb is not None:

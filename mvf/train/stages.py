@@ -22,7 +22,7 @@ from mvf.errors import MvfError, file_error
 from mvf.losses.supervised import coefficient_prior, landmark_loss, param_loss, pose_loss, vertex_loss
 from mvf.train import geometry_stage, selfsup_stage
 from mvf.train.context import DataRequest, LossContext
-from mvf.train.detector_sim import geometry_inputs
+from mvf.train.detector_sim import detector_batch, network_inputs
 from mvf.train.schema import LossWeights, StageConfig
 
 
@@ -148,7 +148,8 @@ def supervised_terms(ctx: LossContext, out: dict, batch: dict) -> dict[str, torc
 
 def supervised_loss(ctx: LossContext, model: torch.nn.Module, batch: dict, weights: LossWeights,
                     stage: StageConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    out = model(batch["images"], **geometry_inputs(ctx, batch))  # + simulated detections (detector input)
+    batch = detector_batch(ctx, batch)  # detector input: simulated detections, photo-like crops
+    out = model(batch["images"], **network_inputs(batch))
     terms = supervised_terms(ctx, out, batch)
     total = sum(getattr(weights, k) * v for k, v in terms.items())
     return total, terms

@@ -16,7 +16,7 @@ import torch
 
 from mvf.align import aligned_rmse
 from mvf.recon.refine import predict
-from mvf.train.detector_sim import VALIDATION_SEED, geometry_inputs
+from mvf.train.detector_sim import VALIDATION_SEED, detector_batch, network_inputs
 from renderer.rotations import euler_to_matrix
 
 
@@ -86,8 +86,8 @@ def evaluate(model: torch.nn.Module, loader, ctx, max_batches: int | None = None
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            batch = to_device(batch, ctx.device)
-            extra = geometry_inputs(ctx, batch, gen)
+            batch = detector_batch(ctx, to_device(batch, ctx.device), gen)
+            extra = network_inputs(batch)
             out = (predict(model, ctx.face, batch["images"], **extra) if refine
                    else model(batch["images"], **extra))
             for k, v in batch_metrics(ctx, out, batch).items():
