@@ -61,7 +61,18 @@ class DetectorSim:
         box = torch.as_tensor(boxes, dtype=points.dtype, device=points.device)
         scale = size / box[..., 2]
         sim = torch.stack([scale, box[..., 0], box[..., 1]], -1)
-        return (points - box[..., None, :2]) * scale[..., None, None], sim
+        return crop_points(points, sim), sim
+
+
+def crop_points(points: Tensor, crop: Tensor) -> Tensor:
+    """Points ``(B, V, K, 2)`` px moved into the crops ``(B, V, 3)`` (scale, x0, y0) of `crop_frame`."""
+    return (points - crop[:, :, None, 1:]) * crop[:, :, None, :1]
+
+
+def crop_poses(poses: Tensor, crop: Tensor) -> Tensor:
+    """Weak-perspective poses ``(B, V, 6)`` moved into the crops ``(B, V, 3)``: f and t scale, t shifts."""
+    scale, offset = crop[..., :1], crop[..., 1:]
+    return torch.cat([poses[..., :1] * scale, poses[..., 1:4], (poses[..., 4:6] - offset) * scale], -1)
 
 
 def load_detector_sim(model, n_id: int | None = None, path=None, noise_scale: float = 1.0) -> DetectorSim:
@@ -130,18 +141,14 @@ def detector_batch(ctx, batch: dict, generator: torch.Generator | None = None) -
         verts = ctx.face.decode(batch["id"], batch["exp"])
         size = batch["images"].shape[-1]
         det, crop = sim.crop_frame(sim.points(verts, batch["pose"], generator), size)
-        scale, offset = crop[..., :1], crop[..., 1:]
         out = dict(batch)
         out["detector_points"] = det
         out["images"] = crop_images(batch["images"], crop)
         if "masks" in batch:
             out["masks"] = (crop_images(batch["masks"][:, :, None], crop)[:, :, 0] > 0.5).to(batch["masks"].dtype)
-        pose = batch["pose"].clone()
-        pose[..., :1] = pose[..., :1] * scale
-        pose[..., 4:6] = (pose[..., 4:6] - offset) * scale
-        out["pose"] = pose
+        out["pose"] = crop_poses(batch["pose"], crop)
         if "landmarks" in batch:
-            out["landmarks"] = (batch["landmarks"] - offset[:, :, None]) * scale[..., None]
+            out["landmarks"] = crop_points(batch["landmarks"], crop)
         return out
 
 

@@ -41,7 +41,7 @@ from mvf.data.sampling import sample_expression, sample_identity, sample_views
 from mvf.errors import MvfError
 from mvf.face.model import FaceModel
 from mvf.losses.supervised import coefficient_prior, landmark_loss, param_loss, pose_loss, vertex_loss
-from mvf.train.detector_sim import detector_sim
+from mvf.train.detector_sim import crop_points, crop_poses, detector_sim
 from renderer.views import VIEWS
 
 LOSS_TERMS = ("vertex", "params", "pose", "landmark", "prior")
@@ -122,9 +122,7 @@ def detector_views(sim, projector, verts: torch.Tensor, angles: torch.Tensor, si
     pose0 = torch.cat([ones, angles, torch.zeros_like(ones), torch.zeros_like(ones)], -1)
     det = sim.points(verts, pose0, generator, noise_scale)  # f = 1 px/mm, t = 0
     det, crop = sim.crop_frame(det, size)
-    scale, offset = crop[..., :1], crop[..., 1:]
-    poses = torch.cat([scale, angles, -offset * scale], -1)
-    return poses, (projector(verts, pose0) - offset[:, :, None]) * scale[..., None], det
+    return crop_poses(pose0, crop), crop_points(projector(verts, pose0), crop), det
 
 
 def geometry_dataset(req) -> Dataset:
