@@ -348,3 +348,19 @@ def test_tensor_adam_matches_torch_optim_adam():
         assert a.grad is None
     assert torch.allclose(a, b, rtol=0, atol=1e-12) and float((a - b).abs().max()) < 1e-12
     assert float((a - target).abs().max()) < float(target.abs().max())  # it moved towards the target
+
+
+def test_profile_settings_fill_only_unset_keys():
+    """The calibrated set's tuned settings fill the keys a user left unset, never an explicit
+    value, even one equal to the generic default (``photo_steps=0`` turns the cross-view phase off)."""
+    from mvf.config import load_config
+    from mvf.recon.calibrate import CALIBRATED_FIT_DEFAULTS, calibrated_fit_config
+    from mvf.recon.fit import GENERIC_DEFAULTS, resolved
+
+    unset = calibrated_fit_config(load_config(None, FitConfig))
+    assert {k: getattr(unset, k) for k in CALIBRATED_FIT_DEFAULTS} == CALIBRATED_FIT_DEFAULTS
+    explicit = calibrated_fit_config(load_config(None, FitConfig, ["photo_steps=0", "w_exp_prior=0.5"]))
+    assert (explicit.photo_steps, explicit.w_exp_prior, explicit.w_photo) == (0, 0.5, CALIBRATED_FIT_DEFAULTS["w_photo"])
+    generic = resolved(FitConfig())
+    assert {k: getattr(generic, k) for k in GENERIC_DEFAULTS} == GENERIC_DEFAULTS
+    assert resolved(explicit).photo_steps == 0

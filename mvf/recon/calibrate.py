@@ -63,12 +63,12 @@ N_SUBJECTS = 100  # per image size (224 and 512): 600 views, ~4 min on 2 shared 
 
 
 # Fit settings chosen on the tuning set (tools/bench_real.py, seeds 1000) for the calibrated set;
-# `calibrated_fit_config` applies them where a `FitConfig` still has the generic default.
+# `calibrated_fit_config` applies them where a `FitConfig` leaves them unset.
 CALIBRATED_FIT_DEFAULTS = {"w_exp_prior": 4.0, "photo_steps": 20, "w_photo": 200.0}
 
 
 def calibrated_fit_config(cfg):
-    """``cfg`` (a `mvf.recon.fit.FitConfig`) with `CALIBRATED_FIT_DEFAULTS` for keys left at the default."""
+    """``cfg`` (a `mvf.recon.fit.FitConfig`) with `CALIBRATED_FIT_DEFAULTS` for the keys it leaves unset."""
     return with_defaults(cfg, CALIBRATED_FIT_DEFAULTS)
 
 

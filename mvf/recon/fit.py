@@ -75,24 +75,28 @@ class FitConfig:
         set, `mvf.recon.calibrate`, when the asset exists; else the iBUG-68 table), "calibrated"
         (required) or "ibug68". Landmark files (68 points) always use the iBUG-68 set.
     cross_view, flow: loss and flow-estimator settings of the cross-view phase.
+
+    ``landmark_steps``, ``photo_steps``, ``w_photo`` and ``w_exp_prior`` left unset (None) take the
+    landmark profile's tuned value (`with_defaults`: the calibrated set's, a network start's), else
+    `GENERIC_DEFAULTS` (40, 0, 100, 0.5); a value set explicitly is always kept.
     """
 
     n_id: int = 60
-    landmark_steps: int = 40
+    landmark_steps: int | None = None
     landmark_tol: float = 1e-5
     lm_delta_mm: float = 0.5
     contour_every: int = 5
-    photo_steps: int = 0
+    photo_steps: int | None = None
     photo_lr: float = 0.05
     photo_size: int = 112
     photo_pairs: str = "all"
     photo_region: str = "inner_face"
     w_landmark: float = 1.0
     w_jaw: float = 0.5
-    w_photo: float = 100.0
+    w_photo: float | None = None
     w_flow: float = 0.0
     w_id_prior: float = 0.5
-    w_exp_prior: float = 0.5
+    w_exp_prior: float | None = None
     w_net_prior: float = 0.0
     pose_step: tuple[float, ...] = (0.05, 0.05, 0.05, 0.05, 2.0, 2.0)
     contour: bool = True
@@ -102,7 +106,7 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         for key in ("n_id", "landmark_steps", "photo_steps"):
-            if getattr(self, key) < 0:
+            if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise MvfError(f"config key '{key}': must be >= 0, got {getattr(self, key)}")
         if self.photo_size < 32:
             raise MvfError(f"config key 'photo_size': must be >= 32 px, got {self.photo_size}")
@@ -116,11 +120,20 @@ class FitConfig:
             raise MvfError(f"config key 'pose_step': expected 6 numbers, got {len(self.pose_step)}")
 
 
+# The settings a landmark profile tunes (the calibrated set's, a network's start): None in a
+# `FitConfig` means "the profile's value", else these (`resolved`).
+GENERIC_DEFAULTS = {"landmark_steps": 40, "photo_steps": 0, "w_photo": 100.0, "w_exp_prior": 0.5}
+
+
 def with_defaults(cfg: FitConfig, defaults: dict) -> FitConfig:
-    """``cfg`` with ``defaults`` (key -> value) for the keys it leaves at `FitConfig`'s own default:
-    a profile's tuned settings that a user's explicit settings still override."""
-    base = FitConfig()
-    return dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) == getattr(base, k)})
+    """``cfg`` with ``defaults`` (key -> value) for the profile keys it leaves unset (None): a
+    profile's tuned settings that a user's explicit settings, even the generic values, override."""
+    return dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
+
+
+def resolved(cfg: FitConfig) -> FitConfig:
+    """``cfg`` with every profile key still unset at its `GENERIC_DEFAULTS` value."""
+    return with_defaults(cfg, GENERIC_DEFAULTS)
 
 
 @dataclass
@@ -203,6 +216,7 @@ class _Problem:
 
     def __init__(self, compact: LandmarkProjector, targets: Tensor, weights: Tensor, pose0: Tensor,
                  step: Tensor, n_exp: int, cfg: FitConfig):
+        cfg = resolved(cfg)
         self.compact, self.targets, self.pose0, self.step, self.cfg = compact, targets, pose0, step, cfg
         self.n_id, self.n_exp, self.n_views = compact.n_id, n_exp, pose0.shape[0]
         self.base_weights = weights
@@ -390,7 +404,7 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
     Returns:
         `FitResult` with poses in crop pixels.
     """
-    cfg = cfg or FitConfig()
+    cfg = resolved(cfg or FitConfig())
     dev = model.device
     images, landmarks = images.to(dev), landmarks.to(dev).float()
     n_views = landmarks.shape[0]

@@ -80,7 +80,7 @@ NETWORK_FIT_DEFAULTS = {"landmark_steps": 20, "photo_steps": 20}
 def network_fit_config(network: LoadedModel, cfg: FitConfig, refine_steps: int | None) -> FitConfig | None:
     """The fit after ``network``'s prediction: None (the regression alone) for ``refine_steps`` 0,
     ``refine_steps`` landmark steps when given; by default none for image-framing networks and
-    ``cfg`` with `NETWORK_FIT_DEFAULTS` (keys left at their defaults) for detector-input ones."""
+    ``cfg`` with `NETWORK_FIT_DEFAULTS` (for the keys it leaves unset) for detector-input ones."""
     if refine_steps is not None:
         if refine_steps <= 0:
             return None
