@@ -12,7 +12,8 @@
    calibrated mediapipe set (`mvf.recon.calibrate`) or the
    iBUG-68 table. Per set: mean-face RMSE, 3-view and front-only fit RMSE (mm, face region,
    rigid alignment, as training validation), detected-vs-true 68-point error (px in the images),
-   seconds per fit.
+   seconds per fit. ``--exact-points`` fits the calibrated points projected from the true faces
+   instead of the detections (the fit without the detector's error).
    With ``--checkpoint`` (a network; ``model.geometry_input: detector`` networks read the detected
    points mapped into their crops, as `mvf reconstruct --checkpoint` feeds them) also the network
    paths: ``net`` the regression alone (3 views; network seconds per triplet), ``net_fit`` the
@@ -45,6 +46,7 @@ from mvf.align import aligned_rmse  # noqa: E402
 from mvf.config import load_config  # noqa: E402
 from mvf.data.format import read_labels  # noqa: E402
 from mvf.errors import MvfError  # noqa: E402
+from mvf.face.landmarks import LandmarkProjector  # noqa: E402
 from mvf.face.model import FaceModel  # noqa: E402
 from mvf.fileio import read_image  # noqa: E402
 from mvf.losses.supervised import face_region  # noqa: E402
@@ -114,6 +116,18 @@ class Subject:
     raw: torch.Tensor
     gt: torch.Tensor
     det_err_px: float
+
+
+def exact_points(model, lset, d: Path, raw: np.ndarray) -> np.ndarray:
+    """``raw`` ``(3, 478, 3)`` with the calibrated set's points replaced by their projection from
+    the true face and poses (`LandmarkProjector`: per-yaw-bin embedding, contour search): the fit
+    without the detector's error (``--exact-points``)."""
+    labels = read_labels(d / "labels.npz")
+    gt = model.decode(torch.from_numpy(labels["id"])[None].float(), torch.from_numpy(labels["exp"])[None].float())
+    uv = LandmarkProjector(model, lset, model.n_id).project(gt, torch.from_numpy(labels["pose"]).float()[None]).uv[0]
+    out = raw.copy()
+    out[:, lset.source_index.numpy(), :2] = uv.numpy()
+    return out
 
 
 def prepare(model, d: Path, raw: np.ndarray) -> Subject | None:
@@ -259,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--front-checkpoint", help="front-only network (fusion: mean) for a concat --checkpoint")
     ap.add_argument("--no-fit", action="store_true", help="skip the fits from the mean face")
     ap.add_argument("--scan-args", default="", help="extra `mvf reconstruct` arguments for scan-lps")
+    ap.add_argument("--exact-points", action="store_true",
+                    help="fit the calibrated points projected from the true faces instead of mediapipe's")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -276,7 +292,13 @@ def main(argv: list[str] | None = None) -> int:
             ensure_set(path, args.subjects, SEEDS[name], size)
             dirs = subject_dirs(path, args.subjects)
             det = detections(path, dirs)
-            subjects = [s for s in (prepare(model, d, r) for d, r in zip(dirs, det["raw"])) if s is not None]
+            raws = det["raw"]
+            if args.exact_points:
+                exact_set = load_landmark_set(None, model)
+                if exact_set is None:
+                    sys.exit("bench_real: --exact-points needs the calibrated landmark set")
+                raws = [exact_points(model, exact_set, d, r) if np.isfinite(r).all() else r for d, r in zip(dirs, raws)]
+            subjects = [s for s in (prepare(model, d, r) for d, r in zip(dirs, raws)) if s is not None]
             for lm_kind in args.landmarks:
                 lset = None
                 if lm_kind == "calibrated":
