@@ -15,7 +15,7 @@ from mvf.align import aligned_rmse
 from renderer.camera import make_pose, project
 from mvf.cli import main as mvf_main
 from mvf.config import from_dict
-from mvf.recon.fit import FitConfig, _Problem, fit, fitted_landmarks, init_poses_from_landmarks
+from mvf.recon.fit import FitConfig, _Problem, fit, fitted_landmarks, init_poses_from_landmarks, resolved
 from renderer.rotations import rotation_derivatives
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +63,7 @@ def test_landmark_jacobian_matches_autograd(model):
     g = torch.Generator().manual_seed(1)
     poses = random_poses(g)
     lm = project(model.landmarks_3d(model.mean)[None].expand(3, -1, -1), poses)
-    cfg = FitConfig()
+    cfg = resolved(FitConfig())
     compact = model.landmark_projector(n_id=cfg.n_id)
     step = torch.tensor(cfg.pose_step)
     problem = _Problem(compact, lm, torch.ones(3, 68), poses, step, model.n_exp, cfg)
@@ -355,7 +355,7 @@ def test_profile_settings_fill_only_unset_keys():
     value, even one equal to the generic default (``photo_steps=0`` turns the cross-view phase off)."""
     from mvf.config import load_config
     from mvf.recon.calibrate import CALIBRATED_FIT_DEFAULTS, calibrated_fit_config
-    from mvf.recon.fit import GENERIC_DEFAULTS, resolved
+    from mvf.recon.fit import GENERIC_DEFAULTS
 
     unset = calibrated_fit_config(load_config(None, FitConfig))
     assert {k: getattr(unset, k) for k in CALIBRATED_FIT_DEFAULTS} == CALIBRATED_FIT_DEFAULTS

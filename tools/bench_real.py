@@ -118,15 +118,15 @@ class Subject:
     det_err_px: float
 
 
-def exact_points(model, lset, d: Path, raw: np.ndarray) -> np.ndarray:
+def exact_points(model, proj: LandmarkProjector, d: Path, raw: np.ndarray) -> np.ndarray:
     """``raw`` ``(3, 478, 3)`` with the calibrated set's points replaced by their projection from
-    the true face and poses (`LandmarkProjector`: per-yaw-bin embedding, contour search): the fit
+    the true face and poses (``proj`` of that set: per-yaw-bin embedding, contour search): the fit
     without the detector's error (``--exact-points``)."""
     labels = read_labels(d / "labels.npz")
     gt = model.decode(torch.from_numpy(labels["id"])[None].float(), torch.from_numpy(labels["exp"])[None].float())
-    uv = LandmarkProjector(model, lset, model.n_id).project(gt, torch.from_numpy(labels["pose"]).float()[None]).uv[0]
+    uv = proj.project(gt, torch.from_numpy(labels["pose"]).float()[None]).uv[0]
     out = raw.copy()
-    out[:, lset.source_index.numpy(), :2] = uv.numpy()
+    out[:, proj.lset.source_index.numpy(), :2] = uv.numpy()
     return out
 
 
@@ -285,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(None, FitConfig, args.set)
     network = load_model(args.checkpoint) if args.checkpoint else None
     front_network = load_model(args.front_checkpoint) if args.front_checkpoint else None
+    exact = None
+    if args.exact_points:
+        exact_set = load_landmark_set(None, model)
+        if exact_set is None:
+            sys.exit("bench_real: --exact-points needs the calibrated landmark set")
+        exact = LandmarkProjector(model, exact_set, model.n_id)
     report: dict = {"settings": args.set, "sets": {}}
     for name in args.sets:
         for size in args.sizes:
@@ -293,11 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             dirs = subject_dirs(path, args.subjects)
             det = detections(path, dirs)
             raws = det["raw"]
-            if args.exact_points:
-                exact_set = load_landmark_set(None, model)
-                if exact_set is None:
-                    sys.exit("bench_real: --exact-points needs the calibrated landmark set")
-                raws = [exact_points(model, exact_set, d, r) if np.isfinite(r).all() else r for d, r in zip(dirs, raws)]
+            if exact is not None:
+                raws = [exact_points(model, exact, d, r) if np.isfinite(r).all() else r for d, r in zip(dirs, raws)]
             subjects = [s for s in (prepare(model, d, r) for d, r in zip(dirs, raws)) if s is not None]
             for lm_kind in args.landmarks:
                 lset = None

@@ -211,12 +211,12 @@ class _Problem:
     ``pose0 + offsets · step``. ``exp`` lies in [0, 1] (so |exp| = exp).
 
     ``compact``: the landmark projector (its compact decoding); ``weights`` ``(V, K)`` the given
-    landmark weights (visibility), times the projector's per-view weights at each `search`.
+    landmark weights (visibility), times the projector's per-view weights at each `search`;
+    ``cfg`` `resolved` (every profile key set).
     """
 
     def __init__(self, compact: LandmarkProjector, targets: Tensor, weights: Tensor, pose0: Tensor,
                  step: Tensor, n_exp: int, cfg: FitConfig):
-        cfg = resolved(cfg)
         self.compact, self.targets, self.pose0, self.step, self.cfg = compact, targets, pose0, step, cfg
         self.n_id, self.n_exp, self.n_views = compact.n_id, n_exp, pose0.shape[0]
         self.base_weights = weights
