@@ -118,24 +118,20 @@ class Subject:
     det_err_px: float
 
 
-def exact_points(model, proj: LandmarkProjector, d: Path, raw: np.ndarray) -> np.ndarray:
-    """``raw`` ``(3, 478, 3)`` with the calibrated set's points replaced by their projection from
-    the true face and poses (``proj`` of that set: per-yaw-bin embedding, contour search): the fit
-    without the detector's error (``--exact-points``)."""
-    labels = read_labels(d / "labels.npz")
-    gt = model.decode(torch.from_numpy(labels["id"])[None].float(), torch.from_numpy(labels["exp"])[None].float())
-    uv = proj.project(gt, torch.from_numpy(labels["pose"]).float()[None]).uv[0]
-    out = raw.copy()
-    out[:, proj.lset.source_index.numpy(), :2] = uv.numpy()
-    return out
-
-
-def prepare(model, d: Path, raw: np.ndarray) -> Subject | None:
-    """Crop the views like `mvf.recon.views.detect_views` from cached detections."""
+def prepare(model, d: Path, raw: np.ndarray, exact: LandmarkProjector | None = None) -> Subject | None:
+    """Crop the views like `mvf.recon.views.detect_views` from cached detections ``raw``
+    ``(3, 478, 3)``. With ``exact`` (the calibrated set's projector, ``--exact-points``) that set's
+    points are first replaced by their projection from the true face and poses (per-yaw-bin
+    embedding, contour search): the fit without the detector's error."""
 
     if not np.isfinite(raw).all():
         return None
     labels = read_labels(d / "labels.npz")
+    gt = model.decode(torch.from_numpy(labels["id"])[None].float(), torch.from_numpy(labels["exp"])[None].float())
+    if exact is not None:
+        uv = exact.project(gt, torch.from_numpy(labels["pose"]).float()[None]).uv[0]
+        raw = raw.copy()
+        raw[:, exact.lset.source_index.numpy(), :2] = uv.numpy()
     crops, lm68, vis68, raws, errs = [], [], [], [], []
     for v, name in enumerate(VIEWS):
         img = read_image(d / f"{name}.png")
@@ -147,8 +143,7 @@ def prepare(model, d: Path, raw: np.ndarray) -> Subject | None:
         raws.append(torch.from_numpy(np.asarray(tf.to_crop(raw[v][:, :2]), np.float32)))
         tv = labels["landmark_visible"][v].astype(bool)
         errs.append(np.linalg.norm(lm.points - labels["landmarks"][v], axis=1)[tv])
-    gt = model.decode(torch.from_numpy(labels["id"])[None].float(), torch.from_numpy(labels["exp"])[None].float())[0]
-    return Subject(d.name, torch.stack(crops), torch.stack(lm68), torch.stack(vis68), torch.stack(raws), gt,
+    return Subject(d.name, torch.stack(crops), torch.stack(lm68), torch.stack(vis68), torch.stack(raws), gt[0],
                    float(np.concatenate(errs).mean()))
 
 
@@ -298,10 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_set(path, args.subjects, SEEDS[name], size)
             dirs = subject_dirs(path, args.subjects)
             det = detections(path, dirs)
-            raws = det["raw"]
-            if exact is not None:
-                raws = [exact_points(model, exact, d, r) if np.isfinite(r).all() else r for d, r in zip(dirs, raws)]
-            subjects = [s for s in (prepare(model, d, r) for d, r in zip(dirs, raws)) if s is not None]
+            subjects = [s for s in (prepare(model, d, r, exact) for d, r in zip(dirs, det["raw"])) if s is not None]
             for lm_kind in args.landmarks:
                 lset = None
                 if lm_kind == "calibrated":
