@@ -9,8 +9,9 @@ from mvf.align import aligned_rmse
 from mvf.face.landmarks import LandmarkSet, ibug68_set, landmark_set_from_arrays, landmark_set_to_numpy
 from mvf.fileio import write_image
 from mvf.losses.supervised import face_region
-from mvf.recon.calibrate import (DEFAULT_SET, build_mediapipe_set, calibration_renders, detect_calibration,
-                                 load_landmark_set, point_residuals, snap_to_surface)
+from mvf.face.landmark_asset import DEFAULT_SET, load_landmark_set
+from mvf.recon.calibrate import (build_mediapipe_set, calibration_renders, detect_calibration, point_residuals,
+                                 snap_to_surface)
 from mvf.recon.detect import landmarks_from_raw478
 from mvf.recon.fit import FitConfig, fit
 from mvf.recon.pipeline import reconstruct

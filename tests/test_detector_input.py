@@ -16,7 +16,8 @@ from mvf.net.checkpoint import LoadedModel
 from mvf.net.config import ModelConfig, validate_model
 from mvf.net.network import build_network
 from mvf.losses.supervised import face_region
-from mvf.recon.calibrate import YAW_EDGES_DEG, detect_calibration, load_landmark_set, residual_vectors
+from mvf.face.landmark_asset import load_landmark_set
+from mvf.recon.calibrate import YAW_EDGES_DEG, detect_calibration, residual_vectors
 from mvf.recon.pipeline import network_points, predict_views
 from mvf.recon.views import detect_views
 from mvf.train.detector_sim import load_detector_sim

@@ -354,7 +354,7 @@ def test_profile_settings_fill_only_unset_keys():
     """The calibrated set's tuned settings fill the keys a user left unset, never an explicit
     value, even one equal to the generic default (``photo_steps=0`` turns the cross-view phase off)."""
     from mvf.config import load_config
-    from mvf.recon.calibrate import CALIBRATED_FIT_DEFAULTS, calibrated_fit_config
+    from mvf.recon.pipeline import CALIBRATED_FIT_DEFAULTS, calibrated_fit_config
     from mvf.recon.fit import GENERIC_DEFAULTS
 
     unset = calibrated_fit_config(load_config(None, FitConfig))

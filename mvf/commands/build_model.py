@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from mvf.face.model import DEFAULT_ASSET, FaceModel, build_ict_asset, find_ict_source
-from mvf.recon.calibrate import DEFAULT_SET, build_mediapipe_set, save_landmark_set
+from mvf.face.landmark_asset import DEFAULT_SET, save_landmark_set
+from mvf.recon.calibrate import build_mediapipe_set
 
 
 def add_parser(sub) -> None:

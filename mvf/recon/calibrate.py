@@ -40,16 +40,13 @@ from mvf.data.config import SynthConfig
 from mvf.data.synth import SynthGenerator
 from mvf.errors import MvfError
 from mvf.face.detector_error import build_error_model
-from mvf.face.landmarks import LandmarkProjector, LandmarkSet, landmark_set_from_arrays, landmark_set_to_numpy
+from mvf.face.landmark_asset import DEFAULT_SET, save_landmark_set
+from mvf.face.landmarks import LandmarkProjector, LandmarkSet
 from mvf.face.model import FaceModel
-from mvf.fileio import atomic_path
 from mvf.recon.detect import LandmarkDetector
-from mvf.recon.fit import with_defaults
 from renderer import rasterize
 from renderer.camera import project, view_directions
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SET = REPO_ROOT / "assets" / "mediapipe_landmarks.npz"
 CALIBRATION_VERSION = 2  # 2: with the detector error model (error_* arrays)
 CALIBRATION_SEED = 7013  # no benchmark or training set uses this seed
 N_FACE_MESH = 468  # mediapipe points 468-477 are the irises
@@ -60,16 +57,6 @@ SIGMA_FLOOR_MM = 0.25
 # 0.6 mm frontal), so the embedding is learnt per bin of the view's yaw (degrees).
 YAW_EDGES_DEG = (-50.0, -40.0, -30.0, -20.0, -6.0, 6.0, 20.0, 30.0, 40.0, 50.0)
 N_SUBJECTS = 100  # per image size (224 and 512): 600 views, ~4 min on 2 shared cores
-
-
-# Fit settings chosen on the tuning set (tools/bench_real.py, seeds 1000) for the calibrated set;
-# `calibrated_fit_config` applies them where a `FitConfig` leaves them unset.
-CALIBRATED_FIT_DEFAULTS = {"w_exp_prior": 4.0, "photo_steps": 20, "w_photo": 200.0}
-
-
-def calibrated_fit_config(cfg):
-    """``cfg`` (a `mvf.recon.fit.FitConfig`) with `CALIBRATED_FIT_DEFAULTS` for the keys it leaves unset."""
-    return with_defaults(cfg, CALIBRATED_FIT_DEFAULTS)
 
 
 def face_oval_indices() -> list[int]:
@@ -371,28 +358,6 @@ def build_mediapipe_set(model, seed: int = CALIBRATION_SEED, n_subjects: int = N
         print(f"calibration: {len(views)} views, {lset.n_points} points ({lset.meta['n_contour']} contour), "
               f"sigma median {ref:.3f} mm, {lset.meta['seconds']:.0f} s")
     return lset, lset.meta
-
-
-def save_landmark_set(lset: LandmarkSet, path: str | os.PathLike = DEFAULT_SET) -> Path:
-    """Write the set atomically as ``.npz``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **landmark_set_to_numpy(lset))
-    return path
-
-
-def load_landmark_set(path: str | os.PathLike | None = None, model=None) -> LandmarkSet | None:
-    """The calibrated set at ``path`` (default `DEFAULT_SET`), or None when it is absent (or built
-    for another face model asset than ``model``)."""
-    path = Path(path) if path else DEFAULT_SET
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        lset = landmark_set_from_arrays({k: z[k] for k in z.files})
-    if model is not None and lset.meta.get("asset_id") not in (None, model.asset_id):
-        return None
-    return lset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from mvf.face.landmarks import LandmarkProjector
 from mvf.face.params import check_params
 from mvf.net.checkpoint import LoadedModel
 from mvf.face.landmarks import LandmarkSet
-from mvf.recon.calibrate import DEFAULT_SET, calibrated_fit_config, load_landmark_set
+from mvf.face.landmark_asset import DEFAULT_SET, load_landmark_set
 from mvf.recon.crop import crop_image
 from mvf.recon.fit import FitConfig, FitResult, fit, fitted_landmarks, scale_poses, with_defaults
 from mvf.recon.refine import predict
@@ -68,6 +68,17 @@ class Reconstruction:
         per_view = {v: float((dist[i] * vis[i]).sum() / vis[i].sum().clamp_min(1))
                     for i, v in enumerate(self.views.names)}
         return float((dist * vis).sum() / vis.sum().clamp_min(1)), per_view
+
+
+# Fit settings for the calibrated mediapipe set (detected photos), chosen on the tuning set of
+# tools/bench_real.py (seed 1000); `calibrated_fit_config` applies them where a `FitConfig` leaves
+# them unset.
+CALIBRATED_FIT_DEFAULTS = {"w_exp_prior": 4.0, "photo_steps": 20, "w_photo": 200.0}
+
+
+def calibrated_fit_config(cfg: FitConfig) -> FitConfig:
+    """``cfg`` with `CALIBRATED_FIT_DEFAULTS` for the keys it leaves unset."""
+    return with_defaults(cfg, CALIBRATED_FIT_DEFAULTS)
 
 
 # `mvf reconstruct --checkpoint` with a detector-input network: the regression followed by this fit,

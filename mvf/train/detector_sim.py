@@ -23,7 +23,7 @@ from torch import Tensor
 from mvf.errors import MvfError
 from mvf.face.detector_error import DetectorErrorModel
 from mvf.face.landmarks import LandmarkProjector
-from mvf.recon.calibrate import DEFAULT_SET, load_landmark_set
+from mvf.face.landmark_asset import DEFAULT_SET, load_landmark_set
 from mvf.recon.crop import crop_box
 from mvf.recon.detect import MEDIAPIPE_TO_IBUG68
 
