@@ -8,7 +8,8 @@ import time
 import torch
 
 from mvf.config import load_config
-from mvf.errors import MvfError, check_device
+from mvf.commands.device import check_device
+from mvf.errors import MvfError
 from mvf.fileio import prepare_output_dir
 from mvf.net.checkpoint import load_model
 from mvf.recon.fit import FitConfig

@@ -7,7 +7,8 @@ from pathlib import Path
 from mvf.config import load_config
 from mvf.data.config import SynthConfig
 from mvf.data.synth import generate
-from mvf.errors import MvfError, check_device
+from mvf.commands.device import check_device
+from mvf.errors import MvfError
 from mvf.face.model import FaceModel
 from mvf.fileio import prepare_output_dir
 
