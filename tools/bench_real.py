@@ -20,7 +20,9 @@
    paths: ``net`` the regression alone (3 views; network seconds per triplet), ``net_fit`` the
    regression followed by the fit (the network's prediction as the fit's start and prior centre),
    ``net_front`` the front view alone (the same network when its fusion takes any number of views,
-   else ``--front-checkpoint``, a front-only ``fusion: mean`` model); ``--no-fit`` skips the fits
+   else ``--front-checkpoint``, a front-only ``fusion: mean`` model), ``net_fit_front`` that front-view
+   regression followed by the fit on the front view (`mvf reconstruct --checkpoint` given one
+   photo); ``--no-fit`` skips the fits
    from the mean face.
 2. scan-lps (``../shared/samples/scan-lps``): ``mvf reconstruct`` (default settings plus
    ``--set``), ``mvf export --landmarks`` and ``mvf evaluate`` with both landmark files; RMSE mm
@@ -192,7 +194,8 @@ def run_set(model, subjects: list[Subject], cfg, lset, region, front_only: bool 
     """Per-subject RMSEs (mean face, 3 views, front only, network paths), detection error, seconds."""
 
     rows = {"mean_face": [], "three_views": [], "front_only": [], "det_px": [], "fit_s": [],
-            "net": [], "net_s": [], "net_fit": [], "net_fit_s": [], "net_front": []}
+            "net": [], "net_s": [], "net_fit": [], "net_fit_s": [], "net_front": [],
+            "net_fit_front": []}
 
     def rmse(verts):
         return float(aligned_rmse(verts[None], s.gt[None], region)[0])
@@ -217,7 +220,13 @@ def run_set(model, subjects: list[Subject], cfg, lset, region, front_only: bool 
             rows["net_fit_s"].append(secs + fsecs)
             front_net = network if takes_any_views(network) else front_network
             if front_net is not None:
-                rows["net_front"].append(rmse(predict_subject(front_net, s, (0,))[1]))
+                init1, v1n, _ = predict_subject(front_net, s, (0,))
+                rows["net_front"].append(rmse(v1n))
+                # `mvf reconstruct --checkpoint` given the front photo alone: its regression, then the fit
+                front_cfg = network_fit_config(front_net, cfg, None)
+                if front_cfg is not None:
+                    v1f, _ = fit_subject(model, s, front_cfg, lset, (0,), init=init1)
+                    rows["net_fit_front"].append(rmse(v1f))
     out = {k: float(np.mean(v)) for k, v in rows.items() if v}
     out["n"] = len(subjects)
     out["per_subject"] = rows
@@ -324,12 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {set_name} | {lm_kind} | {r['n']} | {r['mean_face']:.3f} | {r.get('three_views', nan):.3f} | "
               f"{r.get('front_only', nan):.3f} | {rel:+.1f}% | {r['det_px']:.2f} | {r.get('fit_s', nan):.2f} |")
     if network is not None:
-        print("\n| set | net mm | net ms | net vs mean | net + fit mm | net + fit s | net front only mm |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("\n| set | net mm | net ms | net vs mean | net + fit mm | net + fit s | net front only mm "
+              "| net + fit front only mm |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for key, r in report["sets"].items():
             print(f"| {key.split('/')[0]} | {r['net']:.3f} | {1000 * r['net_s']:.1f} | "
                   f"{100.0 * (r['net'] / r['mean_face'] - 1.0):+.1f}% | {r['net_fit']:.3f} | {r['net_fit_s']:.2f} | "
-                  f"{r.get('net_front', nan):.3f} |")
+                  f"{r.get('net_front', nan):.3f} | {r.get('net_fit_front', nan):.3f} |")
     if "scan_lps" in report:
         sc = report["scan_lps"]
         print(f"scan-lps: {sc.get('rmse_mm')} mm (mean face 1.834), mvf reconstruct {sc.get('wall_s', 0):.1f} s wall")

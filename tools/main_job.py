@@ -157,7 +157,8 @@ def main() -> None:
                      f"detector {r['det_px']:.1f} px, fit {r['fit_s']:.1f} s\n"
                      f"  {'':22s} network alone {r['net']:.2f} mm ({100 * (r['net'] / r['mean_face'] - 1):+.0f}%, "
                      f"{1000 * r['net_s']:.0f} ms), network + fit {r['net_fit']:.2f} mm ({r['net_fit_s']:.1f} s), "
-                     f"network front only {r.get('net_front', float('nan')):.2f} mm\n")
+                     f"network front only {r.get('net_front', float('nan')):.2f} mm "
+                     f"(+ fit {r.get('net_fit_front', float('nan')):.2f} mm)\n")
         scan = bench.get("scan_lps", {})
         if "rmse_mm" in scan:
             fh.write(f"  scan-lps (mvf reconstruct --checkpoint, mvf evaluate): {scan['rmse_mm']:.3f} mm "

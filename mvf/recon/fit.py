@@ -76,9 +76,9 @@ class FitConfig:
         (required) or "ibug68". Landmark files (68 points) always use the iBUG-68 set.
     cross_view, flow: loss and flow-estimator settings of the cross-view phase.
 
-    ``landmark_steps``, ``photo_steps``, ``w_photo`` and ``w_exp_prior`` left unset (None) take the
-    landmark profile's tuned value (`with_defaults`: the calibrated set's, a network start's), else
-    `GENERIC_DEFAULTS` (40, 0, 100, 0.5); a value set explicitly is always kept.
+    ``landmark_steps``, ``photo_steps``, ``w_photo``, ``w_exp_prior`` and ``w_id_prior`` left unset
+    (None) take the landmark profile's tuned value (`with_defaults`: the calibrated set's, a network
+    start's), else `GENERIC_DEFAULTS` (40, 0, 100, 0.5, 0.5); a value set explicitly is always kept.
     """
 
     n_id: int = 60
@@ -95,7 +95,7 @@ class FitConfig:
     w_jaw: float = 0.5
     w_photo: float | None = None
     w_flow: float = 0.0
-    w_id_prior: float = 0.5
+    w_id_prior: float | None = None
     w_exp_prior: float | None = None
     w_net_prior: float = 0.0
     pose_step: tuple[float, ...] = (0.05, 0.05, 0.05, 0.05, 2.0, 2.0)
@@ -122,7 +122,7 @@ class FitConfig:
 
 # The settings a landmark profile tunes (the calibrated set's, a network's start): None in a
 # `FitConfig` means "the profile's value", else these (`resolved`).
-GENERIC_DEFAULTS = {"landmark_steps": 40, "photo_steps": 0, "w_photo": 100.0, "w_exp_prior": 0.5}
+GENERIC_DEFAULTS = {"landmark_steps": 40, "photo_steps": 0, "w_photo": 100.0, "w_exp_prior": 0.5, "w_id_prior": 0.5}
 
 
 def with_defaults(cfg: FitConfig, defaults: dict) -> FitConfig:
