@@ -21,10 +21,9 @@ from torch import Tensor
 
 from mvf.errors import MvfError
 from mvf.face.model import FaceModel
-from mvf.face.landmarks import LandmarkProjector
+from mvf.face.landmarks import LandmarkProjector, LandmarkSet
 from mvf.face.params import check_params
 from mvf.net.checkpoint import LoadedModel
-from mvf.face.landmarks import LandmarkSet
 from mvf.face.landmark_asset import DEFAULT_SET, load_landmark_set
 from mvf.recon.crop import crop_image
 from mvf.recon.fit import FitConfig, FitResult, fit, fitted_landmarks, scale_poses, with_defaults
