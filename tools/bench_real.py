@@ -292,12 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(None, FitConfig, args.set)
     network = load_model(args.checkpoint) if args.checkpoint else None
     front_network = load_model(args.front_checkpoint) if args.front_checkpoint else None
-    exact = None
-    if args.exact_points:
-        exact_set = load_landmark_set(None, model)
-        if exact_set is None:
-            sys.exit("bench_real: --exact-points needs the calibrated landmark set")
-        exact = LandmarkProjector(model, exact_set, model.n_id)
+    calibrated = load_landmark_set(None, model)  # read once: every set, size and --exact-points use it
+    if calibrated is None and ("calibrated" in args.landmarks or args.exact_points):
+        sys.exit("bench_real: no calibrated landmark set; run `mvf build-model --landmarks-only`")
+    exact = LandmarkProjector(model, calibrated, model.n_id) if args.exact_points else None
     report: dict = {"settings": args.set, "sets": {}}
     for name in args.sets:
         for size in args.sizes:
@@ -308,11 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             det = detections(path, dirs)
             subjects = [s for s in (prepare(model, d, r, exact) for d, r in zip(dirs, det["raw"])) if s is not None]
             for lm_kind in args.landmarks:
-                lset = None
-                if lm_kind == "calibrated":
-                    lset = load_landmark_set(None, model)
-                    if lset is None:
-                        sys.exit("bench_real: no calibrated landmark set; run `mvf build-model --landmarks-only`")
+                lset = calibrated if lm_kind == "calibrated" else None
                 res = run_set(model, subjects, cfg, lset, region, not args.no_front_only, network,
                               front_network, not args.no_fit)
                 res["detect_s_per_image"] = det["seconds"]
