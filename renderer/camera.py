@@ -85,6 +85,30 @@ def project_with_depth(verts: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
     return torch.stack([u, v, DEPTH_OFFSET - rv[..., 2]], -1)
 
 
+def perspective_prewarp(verts: torch.Tensor, pose: torch.Tensor, distance_mm: torch.Tensor | float,
+                        ref_depth: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Points whose weak-perspective projection under ``pose`` is a pinhole camera's image of ``verts``.
+
+    The pinhole camera looks along the view's -z axis from ``distance_mm`` in front of the rotated
+    depth ``ref_depth`` (mm, ``(R v)_z``; there its magnification is ``f``), with its principal
+    point at ``(tx, ty)``: ``u = f s (R v)_x + tx``, ``v = ty - f s (R v)_y`` with
+    ``s = D / (D - ((R v)_z - ref_depth))``. Each rotated point is scaled by ``s`` in x and y and
+    keeps its depth (depth order along a ray is preserved), then rotated back, so any
+    weak-perspective renderer draws the perspective view (for synthetic data: real photos are
+    taken from a finite distance).
+
+    Args: verts ``(..., N, 3)`` mm; pose ``(..., 6)``; distance_mm and ref_depth scalars or
+        ``(...)`` per pose. Returns ``(..., N, 3)`` mm (one mesh per pose).
+    """
+    rot = euler_to_matrix(pose[..., 1:4])  # (..., 3, 3)
+    p = verts @ rot.transpose(-1, -2)
+    d = torch.as_tensor(distance_mm, dtype=verts.dtype, device=verts.device)[..., None]
+    z0 = torch.as_tensor(ref_depth, dtype=verts.dtype, device=verts.device)[..., None]
+    s = d / (d - (p[..., 2] - z0))
+    p = torch.stack([p[..., 0] * s, p[..., 1] * s, p[..., 2]], -1)
+    return p @ rot
+
+
 def view_directions(pose: torch.Tensor) -> torch.Tensor:
     """Unit vector in model space pointing from the face towards the camera. ``(..., 6) -> (..., 3)``."""
     rot = euler_to_matrix(pose[..., 1:4])

@@ -116,3 +116,41 @@ def test_pytorch3d_rasterizer_agrees(model, angles, f, size):
     z = frags.zbuf[0, ..., 0][mask]
     assert z.min().item() == pytest.approx(uvz[:, 2].min().item(), abs=1.0)
     assert z.max().item() <= DEPTH_OFFSET + 200.0
+
+
+@pytest.mark.parametrize("angles,distance", [((0, 0, 0), 400.0), ((-10, 35, 6), 600.0)])
+def test_perspective_prewarp_is_pytorch3d_pinhole(model, angles, distance):
+    """The weak-perspective image of the pre-warped mesh is PyTorch3D's pinhole image of the mesh:
+    the same vertex pixels and (its rasterization) the same faces per pixel."""
+    from pytorch3d.renderer import MeshRasterizer, PerspectiveCameras, RasterizationSettings
+    from pytorch3d.structures import Meshes
+
+    from renderer import rasterize
+    from renderer.camera import perspective_prewarp, pixels_to_ndc, rotate
+
+    size, f = (96, 96), 0.3
+    pose = make_pose(f, *angles, tx=45.2, ty=51.7)[None]
+    verts = model.mean[None]
+    ref = float(rotate(verts, pose)[0, :, 2].mean())
+    # PyTorch3D: view = diag(-1, 1, -1) R v + (0, 0, D + ref), NDC focal 2 f D / S, principal point (tx, ty)
+    flip = torch.tensor([-1.0, 1.0, -1.0])
+    rot_view = flip[:, None] * euler_to_matrix(pose[:, 1:4])
+    cams = PerspectiveCameras(focal_length=torch.full((1, 2), 2.0 * f * distance / size[0]),
+                              principal_point=pixels_to_ndc(pose[:, 4:6], size),
+                              R=rot_view.transpose(1, 2), T=torch.tensor([[0.0, 0.0, distance + ref]]), in_ndc=True)
+    ndc = cams.transform_points(verts)[0, :, :2]
+    pix = torch.stack([(1.0 - ndc[:, 0]) * size[1] / 2, (1.0 - ndc[:, 1]) * size[0] / 2], -1)
+    assert torch.allclose(pixels_to_ndc(pix, size), ndc, atol=1e-5)  # the NDC -> pixel inverse
+    warped = perspective_prewarp(verts, pose, distance, ref)
+    ours = project(warped, pose)[0]
+    assert torch.allclose(ours, pix, atol=2e-3)
+    weak = project(verts, pose)[0]
+    assert (ours - weak).norm(dim=-1).max() > 0.5  # the camera's distance shows at this size
+    # the vertices' mean depth keeps the magnification f there: their mean pixel barely moves
+    assert (ours - weak).mean(0).norm() < 0.3
+    frags = MeshRasterizer(cameras=cams, raster_settings=RasterizationSettings(
+        image_size=size, faces_per_pixel=1, perspective_correct=False))(Meshes(verts, model.faces[None]))
+    p2f = rasterize(warped, model.faces, pose, size, backend="fast").pix_to_face[0, ..., 0]
+    theirs = frags.pix_to_face[0, ..., 0]
+    agree = (p2f == theirs).float().mean().item()
+    assert agree > 0.995 and (theirs >= 0).sum() > 1000

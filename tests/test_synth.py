@@ -323,3 +323,34 @@ def test_shifted_config_loads_and_differs():
     shifted = load_config(root / "configs/synth_shifted.yaml", SynthConfig)
     assert shifted.views.side_yaw[1] > base.views.side_yaw[1] and shifted != base
     assert math.isfinite(shifted.lighting.intensity[1])
+
+
+def test_pinhole_camera_option(model, tmp_path):
+    """``views.camera_distance_mm``: the same subjects (draws, poses) seen by a pinhole camera; the
+    stored landmarks are the pinhole projections of the landmark points, the images change."""
+    from renderer.camera import perspective_prewarp, rotate
+
+    weak, near = tmp_path / "weak", tmp_path / "near"
+    base = {"image": {"blur": [0, 0], "noise": [0, 0]}}
+    generate(weak, 2, seed=5, cfg=from_dict(SynthConfig, base), model=model, size=SIZE, workers=0, progress=False)
+    cfg = from_dict(SynthConfig, {**base, "views": {"camera_distance_mm": [400.0, 400.0]}})
+    generate(near, 2, seed=5, cfg=cfg, model=model, size=SIZE, workers=0, progress=False)
+    for name in read_index(near)["subjects"]:
+        lw, iw = _load(weak, name)
+        ln, im = _load(near, name)
+        assert "camera_distance_mm" not in lw and float(ln["camera_distance_mm"]) == 400.0
+        for key in ("id", "exp", "pose", "jaw_vertex_ids"):
+            assert np.array_equal(lw[key], ln[key]), key  # the other draws are unchanged
+        verts = _decode(model, ln)
+        pose = torch.from_numpy(ln["pose"])
+        ids = torch.cat([torch.from_numpy(ln["jaw_vertex_ids"]).long(),
+                         model.landmarks[17:][None].expand(3, -1)], 1)  # (3, 68)
+        pts = verts[ids]  # (3, 68, 3)
+        ref = rotate(pts, pose)[..., 2].mean(1)
+        pinhole = project(perspective_prewarp(pts, pose, 400.0, ref), pose)
+        stored = torch.from_numpy(ln["landmarks"])
+        assert (pinhole - stored).norm(dim=-1).max() < 0.05
+        assert (stored - torch.from_numpy(lw["landmarks"])).norm(dim=-1).max() > 0.5
+        assert np.abs(im.astype(float) - iw).mean() > 1.0
+    with pytest.raises(MvfError, match="camera_distance_mm"):
+        from_dict(SynthConfig, {"views": {"camera_distance_mm": [50.0, 60.0]}})

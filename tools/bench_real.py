@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/bench_real.py [--subjects 14] [--tune-subjects 40] [--sets tune test] [--sizes 224 512]
         [--landmarks calibrated ibug68] [--set key=value ...] [--skip-scan] [--json]
-        [--checkpoint C [--front-checkpoint C1] [--no-fit]]
+        [--checkpoint C [--front-checkpoint C1] [--no-fit]] [--camera-distance MM]
 
 1. Synthetic triplets (`mvf synth`, default settings) at 224 and 512 px, a *tuning* set (seed
    1000, 40 subjects) and a *test* set (seed 2000, 14 subjects), generated under
@@ -24,6 +24,9 @@
    regression followed by the fit on the front view (`mvf reconstruct --checkpoint` given one
    photo); ``--no-fit`` skips the fits
    from the mean face.
+   ``--camera-distance MM`` renders the sets with a pinhole camera MM from the face (``views.camera_distance_mm``
+   of `mvf synth`; sets ``tune512_dMM`` ...): what the weak-perspective fit loses on photos taken from
+   a finite distance.
 2. scan-lps (``../shared/samples/scan-lps``): ``mvf reconstruct`` (default settings plus
    ``--set``), ``mvf export --landmarks`` and ``mvf evaluate`` with both landmark files; RMSE mm
    and the wall seconds of ``mvf reconstruct``.
@@ -68,13 +71,16 @@ SCAN = ROOT.parent / "shared" / "samples" / "scan-lps"
 CROP = 224
 
 
-def ensure_set(path: Path, subjects: int, seed: int, size: int) -> None:
-    """Generate a synthetic set with `mvf synth` unless it is complete."""
+def ensure_set(path: Path, subjects: int, seed: int, size: int, camera_distance_mm: float = 0.0) -> None:
+    """Generate a synthetic set with `mvf synth` unless it is complete (with a pinhole camera at
+    ``camera_distance_mm`` when > 0, else weak perspective)."""
     index = path / "index.json"
     if index.is_file() and len(json.loads(index.read_text()).get("subjects", [])) >= subjects:
         return
     cmd = [sys.executable, "-m", "mvf", "synth", "--out", str(path), "--subjects", str(subjects),
            "--seed", str(seed), "--size", str(size), "--quiet"]
+    if camera_distance_mm > 0:
+        cmd += ["--set", f"views.camera_distance_mm=[{camera_distance_mm},{camera_distance_mm}]"]
     if subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr).returncode != 0:
         sys.exit(f"bench_real: `mvf synth` failed for {path}")
 
@@ -282,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scan-args", default="", help="extra `mvf reconstruct` arguments for scan-lps")
     ap.add_argument("--exact-points", action="store_true",
                     help="fit the calibrated points projected from the true faces instead of mediapipe's")
+    ap.add_argument("--camera-distance", type=float, default=0.0, metavar="MM",
+                    help="render the sets with a pinhole camera this far from the face (sets *_dMM; "
+                         "default 0: weak perspective, the model's camera)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -299,9 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"settings": args.set, "sets": {}}
     for name in args.sets:
         for size in args.sizes:
-            path = Path(args.data) / f"{name}{size}"
+            suffix = f"_d{args.camera_distance:g}" if args.camera_distance > 0 else ""
+            path = Path(args.data) / f"{name}{size}{suffix}"
             n_subjects = args.tune_subjects if name == "tune" else args.subjects
-            ensure_set(path, n_subjects, SEEDS[name], size)
+            ensure_set(path, n_subjects, SEEDS[name], size, args.camera_distance)
             dirs = subject_dirs(path, n_subjects)
             det = detections(path, dirs)
             subjects = [s for s in (prepare(model, d, r, exact) for d, r in zip(dirs, det["raw"])) if s is not None]
@@ -311,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                               front_network, not args.no_fit)
                 res["detect_s_per_image"] = det["seconds"]
                 res["skipped"] = len(dirs) - len(subjects)
-                report["sets"][f"{name}{size}/{lm_kind}"] = res
+                report["sets"][f"{name}{size}{suffix}/{lm_kind}"] = res
     if not args.skip_scan:
         report["scan_lps"] = scan_lps(args.set, extra_args=args.scan_args.split())
     if args.json:

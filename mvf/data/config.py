@@ -75,6 +75,9 @@ class ViewSampling:
     roll: list[float] = field(default_factory=lambda: [-10.0, 10.0])
     fill: list[float] = field(default_factory=lambda: [0.45, 0.75])  # landmark box / image side
     shift: float = 0.08  # max offset of the landmark box centre, fraction of the image side
+    # [min, max] mm: a pinhole camera this far from the face (drawn per subject, uniform), as in
+    # real photos; [] (the default): weak perspective, the model's own camera
+    camera_distance_mm: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -147,6 +150,8 @@ class SynthConfig:
             ("image.blur", self.image.blur, 0, 5), ("image.noise", self.image.noise, 0, 1),
         ):
             _check_range(name, r, lo, hi)
+        if v.camera_distance_mm:
+            _check_range("views.camera_distance_mm", v.camera_distance_mm, 200, 100000)
         if not 0 <= self.identity.sigma or self.identity.n_modes < 0 or self.identity.clip <= 0:
             raise MvfError("config key 'identity': need n_modes >= 0, sigma >= 0, clip > 0")
         if len(self.lighting.directional) != 2 or not 0 <= self.lighting.directional[0] <= self.lighting.directional[1]:

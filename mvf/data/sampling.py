@@ -45,6 +45,7 @@ class SubjectDraw:
     background_seed: np.random.SeedSequence
     seed: int = 0  # the dataset seed
     distractor: int = 0  # which image of the dataset's distractor pool a "face" background cuts
+    camera_distance_mm: float = 0.0  # pinhole camera distance; 0: weak perspective
 
 
 def sample_identity(cfg: IdentityConfig, n_id: int, rng: np.random.Generator) -> np.ndarray:
@@ -145,6 +146,8 @@ def sample_subject(seed: int, index: int, cfg: SynthConfig, n_id: int, exp_names
         background_seed=np.random.SeedSequence(list(bg.integers(0, 2**31, size=4))),
         seed=int(seed),
         distractor=int(bg.integers(pool_size)),
+        # drawn last from the view stream, so datasets without it are unchanged
+        camera_distance_mm=float(view.uniform(*cfg.views.camera_distance_mm)) if cfg.views.camera_distance_mm else 0.0,
     )
 
 

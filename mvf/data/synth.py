@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from renderer.camera import project, project_with_depth
+from renderer.camera import perspective_prewarp, project, project_with_depth, rotate
 from mvf.config import to_dict
 from mvf.face.mesh import vertex_normals
 from mvf.data.albedo import AlbedoFields
@@ -203,10 +203,17 @@ class SynthGenerator:
         shade = amb[:, None] + lambert @ cols  # (B, Nt, 3)
         return all_v, albedo * shade
 
-    def _raster(self, all_v: torch.Tensor, colours: torch.Tensor, poses: torch.Tensor, size: int, views: int):
-        """Rasterize ``views`` poses per scene: fragments, RGB ``(N, H, W, 3)``, alpha, face mask."""
+    def _raster(self, all_v: torch.Tensor, colours: torch.Tensor, poses: torch.Tensor, size: int, views: int,
+                distances: torch.Tensor | None = None, ref_depth: torch.Tensor | None = None):
+        """Rasterize ``views`` poses per scene: fragments, per-view scene vertices ``(N, Nt, 3)`` (as
+        drawn: pre-warped for a pinhole camera at ``distances`` ``(N,)`` mm from ``ref_depth``
+        ``(N,)``, `renderer.camera.perspective_prewarp`, where a distance is > 0), RGB
+        ``(N, H, W, 3)``, alpha, face mask."""
         b, nt = all_v.shape[:2]
         vv = all_v[:, None].expand(b, views, nt, 3).reshape(b * views, nt, 3)
+        if distances is not None and bool((distances > 0).any()):
+            warped = perspective_prewarp(vv, poses, distances.clamp_min(1.0), ref_depth)
+            vv = torch.where((distances > 0)[:, None, None], warped, vv)
         cv = colours[:, None].expand(b, views, nt, 3).reshape(b * views, nt, 3)
         fr = rasterize(vv, self.faces_all, poses, (size, size), backend=self.backend)
         rgb = interpolate_vertex_attr(fr, cv, self.faces_all)
@@ -229,7 +236,12 @@ class SynthGenerator:
             verts, t("angles").reshape(-1, 3), t("fill").reshape(-1),
             t("shift").reshape(-1, 2), size)
         all_v, colours = self._scene(verts, normals, draws)
-        fr, vv, rgb, alpha, face_mask = self._raster(all_v, colours, poses, size, n_views)
+        distances = t("camera_distance_mm").float().repeat_interleave(n_views)  # (N,), 0: weak perspective
+        ref_depth = rotate(pts, poses).mean(1)[:, 2]  # the landmarks' mean depth: magnification f
+        fr, vv, rgb, alpha, face_mask = self._raster(all_v, colours, poses, size, n_views, distances, ref_depth)
+        if bool((distances > 0).any()):  # landmarks where the pinhole camera sees them
+            pts = torch.where((distances > 0)[:, None, None],
+                              perspective_prewarp(pts, poses, distances.clamp_min(1.0), ref_depth), pts)
 
         landmarks = project(pts, poses)
         proj = project_with_depth(vv, poses)
@@ -256,6 +268,8 @@ class SynthGenerator:
                 "light_ambient": d.lighting.ambient, "light_directions": d.lighting.directions,
                 "light_colours": d.lighting.colours,
             }
+            if d.camera_distance_mm > 0:  # pinhole renders; poses are the weak-perspective camera at
+                labels["camera_distance_mm"] = np.float32(d.camera_distance_mm)  # the landmarks' depth
             out.append(SubjectResult(d.index, images[sl], verts[i].cpu().numpy(), labels))
         return out
 
