@@ -97,14 +97,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as ``(H, W, 3)`` uint8 RGB; `MvfError` naming the file if it can't be read."""
+    """Read an image as ``(H, W, 3)`` uint8 RGB, upright: a JPEG's EXIF orientation (phone
+    cameras store portrait photos sideways and say so there) is applied. `MvfError` naming the
+    file if it can't be read."""
     path = Path(path)
     if not path.is_file():
         raise file_error(path, "image not found")
     try:
         with warnings.catch_warnings():  # large photos are fine up to PIL's hard limit (below)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = np.asarray(iio.imread(path))
+            img = np.asarray(iio.imread(path, rotate=True))
     except Image.DecompressionBombError:
         raise file_error(path, f"image too large (over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} million pixels)") from None
     except Exception:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 from mvf.errors import MvfError
@@ -55,3 +56,24 @@ def test_written_png_round_trips_exactly(tmp_path):
     img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     write_image(tmp_path / "a.png", img)
     assert np.array_equal(read_image(tmp_path / "a.png"), img)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A JPEG stored sideways with EXIF orientation 6 (rotate 90° clockwise to display), as phone
+    cameras write portrait photos, is read upright."""
+    from PIL import Image
+
+    from mvf.fileio import read_image
+
+    upright = np.zeros((60, 40, 3), np.uint8)
+    upright[:10] = 255  # a white band at the top
+    stored = np.ascontiguousarray(np.rot90(upright, 1))  # 90° anticlockwise: the band on the left
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "portrait.jpg", exif=exif.tobytes(), quality=95)
+    img.save(tmp_path / "plain.jpg", quality=95)
+    got = read_image(tmp_path / "portrait.jpg")
+    assert got.shape == (60, 40, 3)
+    assert np.abs(got.astype(int) - upright).mean() < 3.0
+    assert read_image(tmp_path / "plain.jpg").shape == (40, 60, 3)  # no tag: as stored

@@ -170,3 +170,23 @@ def test_checkpoint_on_photos_with_refinement(smoke_checkpoint, photos, tmp_path
     assert params["init"] == "network" and 0 < params["fit_steps"] <= 3
     assert params["checkpoint"] == str(smoke_checkpoint) and params["landmark_error_px"] is not None
     assert {"network", "fit_landmarks", "texture"} <= set(json.loads((tmp_path / "timing.json").read_text()))
+
+
+def test_sideways_phone_photo_is_detected_upright(photos, tmp_path):
+    """A front photo stored sideways with its EXIF orientation (as phones save portrait shots) gives
+    the landmarks of the upright photo, in the upright photo's pixels."""
+    from PIL import Image
+
+    from mvf.recon.views import detect_views
+
+    _, paths, _ = photos
+    upright = read_image(paths["front"])
+    sideways = Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1)))
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # display: rotate 90° clockwise
+    sideways.save(tmp_path / "front.jpg", exif=exif.tobytes(), quality=97)
+    Image.fromarray(upright).save(tmp_path / "front_upright.jpg", quality=97)
+    a = detect_views({"front": tmp_path / "front_upright.jpg"}, 224)
+    b = detect_views({"front": tmp_path / "front.jpg"}, 224)
+    assert b.photos[0].shape == a.photos[0].shape
+    assert np.linalg.norm(b.photo_landmarks[0] - a.photo_landmarks[0], axis=-1).mean() < 1.0
