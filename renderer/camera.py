@@ -21,6 +21,7 @@ Conventions (see docs/conventions.md):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from pytorch3d.renderer import OrthographicCameras
@@ -102,11 +103,49 @@ def perspective_prewarp(verts: torch.Tensor, pose: torch.Tensor, distance_mm: to
     """
     rot = euler_to_matrix(pose[..., 1:4])  # (..., 3, 3)
     p = verts @ rot.transpose(-1, -2)
-    d = torch.as_tensor(distance_mm, dtype=verts.dtype, device=verts.device)[..., None]
-    z0 = torch.as_tensor(ref_depth, dtype=verts.dtype, device=verts.device)[..., None]
-    s = d / (d - (p[..., 2] - z0))
+    s = pinhole_scale(p[..., 2], distance_mm, ref_depth)
     p = torch.stack([p[..., 0] * s, p[..., 1] * s, p[..., 2]], -1)
     return p @ rot
+
+
+def pinhole_scale(depth: torch.Tensor, distance_mm: torch.Tensor | float,
+                  ref_depth: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """A pinhole camera's magnification relative to the one at ``ref_depth``:
+    ``D / (D - (z - z0))`` for rotated depths ``z`` ``(..., N)`` mm (+z towards the camera);
+    ``distance_mm`` and ``ref_depth`` scalars or ``(...)``. Returns ``(..., N)``."""
+    d = torch.as_tensor(distance_mm, dtype=depth.dtype, device=depth.device)[..., None]
+    z0 = torch.as_tensor(ref_depth, dtype=depth.dtype, device=depth.device)[..., None]
+    return d / (d - (depth - z0))
+
+
+@dataclass(frozen=True)
+class Pinhole:
+    """A pinhole camera ``distance_mm`` in front of the model point ``centre`` (mm), for every view.
+
+    A pose keeps its meaning: ``f`` is the magnification at ``centre``'s depth and the camera
+    looks along the view's -z axis through the model origin's image ``(tx, ty)``
+    (`perspective_prewarp`). None in place of a `Pinhole` means the weak-perspective camera.
+    """
+
+    distance_mm: float
+    centre: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def ref_depth(self, pose: torch.Tensor) -> torch.Tensor:
+        """``(...)`` rotated depth ``(R c)_z`` mm of ``centre`` under poses ``(..., 6)``."""
+        c = torch.tensor(self.centre, dtype=pose.dtype, device=pose.device)
+        return (euler_to_matrix(pose[..., 1:4]) @ c)[..., 2]
+
+    def view_verts(self, verts: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """Points ``(..., N, 3)`` whose weak-perspective image under ``pose`` ``(..., 6)`` is this
+        camera's image of ``verts`` ``(..., N, 3)`` mm: one mesh per view for any renderer."""
+        return perspective_prewarp(verts, pose, self.distance_mm, self.ref_depth(pose))
+
+
+def view_meshes(verts: torch.Tensor, poses: torch.Tensor, camera: Pinhole | None) -> torch.Tensor:
+    """One mesh per view, ``(V, N, 3)`` mm, for a subject's mesh ``(N, 3)`` and poses ``(V, 6)``:
+    the mesh itself under weak perspective (``camera`` None), else `Pinhole.view_verts`."""
+    meshes = verts[None].expand(poses.shape[0], -1, -1)
+    return meshes if camera is None else camera.view_verts(meshes, poses)
 
 
 def view_directions(pose: torch.Tensor) -> torch.Tensor:

@@ -95,7 +95,10 @@ def warp_geometry(
     """Cross-view correspondences and validity for every pair (see the module docstring).
 
     Args:
-        verts: ``(B, Nv, 3)`` model-space mm, one mesh per subject shared by its views.
+        verts: ``(B, Nv, 3)`` model-space mm, one mesh per subject shared by its views, or
+            ``(B, V, Nv, 3)``: one mesh per view with the same topology (e.g. pre-warped for a
+            pinhole camera, `renderer.camera.Pinhole.view_verts`); a pixel's surface point then
+            keeps its triangle and barycentrics and takes view ``a``'s vertices.
         faces: ``(F, 3)`` long.
         poses: ``(B, V, 6)``.
         image_size: ``(H, W)``.
@@ -107,15 +110,17 @@ def warp_geometry(
         tol_mm: depth tolerance of the visibility test, mm.
     """
     h, w = parse_image_size(image_size)
-    if verts.dim() != 3 or poses.dim() != 3 or verts.shape[0] != poses.shape[0]:
-        raise RendererError(f"verts (B, Nv, 3) and poses (B, V, 6) expected, got {tuple(verts.shape)} "
-                       f"and {tuple(poses.shape)}")
+    per_view = verts.dim() == 4
+    if (verts.dim() not in (3, 4) or poses.dim() != 3 or verts.shape[0] != poses.shape[0]
+            or (per_view and verts.shape[1] != poses.shape[1])):
+        raise RendererError(f"verts (B, Nv, 3) or (B, V, Nv, 3) and poses (B, V, 6) expected, got "
+                            f"{tuple(verts.shape)} and {tuple(poses.shape)}")
     n_sub, n_views = poses.shape[:2]
     pairs = _check_pairs(pairs, n_views)
     n_pairs = len(pairs)
     dev = verts.device
     faces = faces.to(dev).long()
-    verts_n = verts[:, None].expand(n_sub, n_views, *verts.shape[1:])
+    verts_n = verts if per_view else verts[:, None].expand(n_sub, n_views, *verts.shape[1:])
     poses_n = poses.reshape(-1, 6)
     proj = project_with_depth(verts_n, poses).reshape(n_sub * n_views, -1, 3)  # (N, Nv, 3)
     if fragments is None:
@@ -127,17 +132,21 @@ def warp_geometry(
     else:
         p2f = fragments.pix_to_face
     pf = pixel_faces(p2f, proj, faces)  # compact over covered pixels, differentiable corners
-    # surface points from the subject's own vertices: vertex ids offset by subject, not view
-    nv = verts.shape[1]
-    vid = pf.vid - (pf.mesh - pf.mesh // n_views)[:, None] * nv
-    points = interpolate_at(pf.barycentric(), vid, verts.reshape(-1, 3))  # (M, 3) mm
+    nv = verts_n.shape[2]
     planes = planes_from_pixel_faces(pf)
     # For every pair (a, b) and subject s, the covered pixels of view b projected into view a.
     # Compact arrays are ordered by mesh (s * V + view), so each (pair, subject) is a slice.
     per_mesh = torch.bincount(pf.mesh, minlength=n_sub * n_views)
     counts = per_mesh.tolist()
-    seg_points = points.split(counts)  # one view each; split has a single backward node
     seg_idx = pf.idx.split(counts)
+    if per_view:  # the point keeps b's triangle and barycentrics, on view a's mesh
+        local = pf.vid - pf.mesh[:, None] * nv
+        seg_bary, seg_local = pf.barycentric().split(counts), local.split(counts)
+        flat_verts = verts_n.reshape(-1, 3)
+    else:  # surface points from the subject's own vertices: vertex ids offset by subject, not view
+        vid = pf.vid - (pf.mesh - pf.mesh // n_views)[:, None] * nv
+        points = interpolate_at(pf.barycentric(), vid, verts.reshape(-1, 3))  # (M, 3) mm
+        seg_points = points.split(counts)  # one view each; split has a single backward node
     cams = _affine_cameras(poses_n).unbind(0)  # N x (3, 4)
     uvd_parts, dense_parts, mesh_parts = [], [], []
     hw = h * w
@@ -147,11 +156,15 @@ def warp_geometry(
             if counts[mb] == 0:
                 continue
             cam = cams[s * n_views + a]
-            uvd_parts.append(torch.addmm(cam[:, 3], seg_points[mb], cam[:, :3].t()))
+            if per_view:
+                pts = interpolate_at(seg_bary[mb], seg_local[mb] + (s * n_views + a) * nv, flat_verts)
+            else:
+                pts = seg_points[mb]
+            uvd_parts.append(torch.addmm(cam[:, 3], pts, cam[:, :3].t()))
             dense_parts.append(seg_idx[mb] + ((s * n_pairs + p) * hw - mb * hw))
             mesh_parts.append(torch.full((counts[mb],), s * n_views + a, device=dev, dtype=torch.long))
-    flat_uv = points.new_zeros(n_sub * n_pairs * hw, 2)
-    flat_depth = points.new_zeros(n_sub * n_pairs * hw)
+    flat_uv = proj.new_zeros(n_sub * n_pairs * hw, 2)
+    flat_depth = proj.new_zeros(n_sub * n_pairs * hw)
     flat_valid = torch.zeros(n_sub * n_pairs * hw, dtype=torch.bool, device=dev)
     if uvd_parts:
         uvd = torch.cat(uvd_parts)  # (T, 3)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from renderer.camera import make_pose, project_with_depth, view_directions
+from renderer.camera import make_pose, project, project_with_depth, view_directions
 from renderer.errors import RendererError
 from mvf.face.model import DEFAULT_ASSET, FaceModel
 from renderer import (
@@ -47,6 +47,43 @@ def test_known_answer_warp_matches_true_renders():
         mae = (warped[0, p] - images[0, b]).abs().mean(0)[m].mean()
         assert mae < 2 / 255, (a, b, mae.item() * 255)
         assert (warped[0, p][:, valid[0, p, 0] == 0] == 0).all()
+
+
+@needs_model
+def test_per_view_meshes_warp_a_pinhole_cameras_renders():
+    """One mesh per view: identical copies give the shared mesh's warp exactly; meshes pre-warped
+    for a 300 mm pinhole camera (`Pinhole.view_verts`) warp its true renders onto each other."""
+    from pytorch3d.renderer import AmbientLights
+
+    from renderer.camera import Pinhole, view_meshes
+
+    face = FaceModel.load()
+    size = 96
+    poses = triplet_poses(size)
+    verts = face.mean
+    colours = smooth_random_colours(verts, torch.Generator().manual_seed(5))
+    images = torch.rand(1, 3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    shared = cross_view_warp(images, verts[None], face.faces, poses[None])
+    copies = cross_view_warp(images, view_meshes(verts, poses, None)[None], face.faces, poses[None])
+    assert torch.allclose(shared[0], copies[0], atol=1e-5) and torch.equal(shared[1], copies[1])
+    camera = Pinhole(300.0, (0.0, 0.0, 40.0))
+    meshes = view_meshes(verts, poses, camera)  # (3, N, 3)
+    assert (project(meshes, poses) - project(verts[None].expand(3, -1, -1), poses)).norm(dim=-1).max() > 1.0
+    # ambient light: Phong shading would follow each view's pre-warped normals
+    rgba = render(meshes, face.faces, colours[None].expand(3, -1, -1), poses, size, lights=AmbientLights())
+    pin_images = rgba[..., :3].permute(0, 3, 1, 2)[None]
+    covered = rgba[..., 3] > 0
+    interior = -F.max_pool2d(-covered[:, None].float(), 5, stride=1, padding=2)[:, 0] > 0
+    maes = {}
+    for name, geometry in (("per view", meshes[None]), ("weak", verts[None])):
+        warped, valid = cross_view_warp(pin_images, geometry, face.faces, poses[None])
+        maes[name] = []
+        for p, (a, b) in enumerate(ALL_PAIRS):
+            m = (valid[0, p, 0] > 0) & interior[b]
+            assert m.sum() > (0.1 if 0 in (a, b) else 0.02) * covered[b].sum(), (name, a, b)
+            maes[name].append(float((warped[0, p] - pin_images[0, b]).abs().mean(0)[m].mean()))
+    assert max(maes["per view"]) < 2 / 255, maes
+    assert max(maes["weak"]) > 2 * max(maes["per view"]), maes  # the camera's distance matters here
 
 
 def test_identity_pair_reproduces_the_image():

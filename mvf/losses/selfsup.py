@@ -190,7 +190,8 @@ def cross_view_losses(images: Tensor, verts: Tensor, faces: Tensor, poses: Tenso
     """Photometric and flow-alignment losses over all ordered view pairs.
 
     Args:
-        images: ``(B, V, 3, H, W)`` in [0, 1]. verts: ``(B, N, 3)`` mm (one mesh per subject).
+        images: ``(B, V, 3, H, W)`` in [0, 1]. verts: ``(B, N, 3)`` mm (one mesh per subject) or
+            ``(B, V, N, 3)`` (one per view, `renderer.warp.warp_geometry`).
         faces: ``(F, 3)``. poses: ``(B, V, 6)``. flow_net: a `mvf.losses.flow.FlowEstimator` or None
         (no alignment loss). pairs: ordered (a, b) view pairs, default all.
         region: optional ``(F,)`` bool, the triangles the losses may use (e.g. `inner_face_region`:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from renderer.camera import project
+from renderer.camera import Pinhole, project, view_meshes
 from renderer.rotations import euler_to_matrix, matrix_to_euler, rotation_derivatives
 from mvf.errors import MvfError
 from mvf.face.landmarks import LandmarkProjector, LandmarkSet
@@ -71,6 +71,9 @@ class FitConfig:
     pose_step: scale of each pose entry's update per unit parameter (f relative to f, angles
         radians, t pixels), so one learning rate serves all.
     contour: jawline landmarks follow the silhouette (else fixed vertices).
+    camera_distance_mm: the photos' camera distance (mm, [200, 100000]) for a pinhole camera
+        (`renderer.camera.Pinhole`, centred on the face's landmarks) in the landmark and cross-view
+        phases; None (the default): the weak-perspective camera of the paper and the network.
     landmarks: which landmarks detected photos are fitted with: "auto" (the calibrated mediapipe
         set, `mvf.recon.calibrate`, when the asset exists; else the iBUG-68 table), "calibrated"
         (required) or "ibug68". Landmark files (68 points) always use the iBUG-68 set.
@@ -100,6 +103,7 @@ class FitConfig:
     w_net_prior: float = 0.0
     pose_step: tuple[float, ...] = (0.05, 0.05, 0.05, 0.05, 2.0, 2.0)
     contour: bool = True
+    camera_distance_mm: float | None = None
     landmarks: str = "auto"
     cross_view: "FitCrossViewConfig" = field(default_factory=lambda: FitCrossViewConfig())
     flow: FlowConfig = field(default_factory=FlowConfig)
@@ -116,6 +120,9 @@ class FitConfig:
             raise MvfError(f"config key 'photo_region': {self.photo_region!r} is not one of {list(REGIONS)}")
         if self.landmarks not in LANDMARK_CHOICES:
             raise MvfError(f"config key 'landmarks': {self.landmarks!r} is not one of {list(LANDMARK_CHOICES)}")
+        if self.camera_distance_mm is not None and not 200.0 <= self.camera_distance_mm <= 100000.0:
+            raise MvfError(f"config key 'camera_distance_mm': must be in [200, 100000] mm or null, "
+                           f"got {self.camera_distance_mm}")
         if len(self.pose_step) != 6:
             raise MvfError(f"config key 'pose_step': expected 6 numbers, got {len(self.pose_step)}")
 
@@ -139,13 +146,14 @@ def resolved(cfg: FitConfig) -> FitConfig:
 @dataclass
 class FitResult:
     """Fitted coefficients ``id`` (n_id,), ``exp`` (n_exp,), ``poses`` (V, 6) crop px; per-step
-    ``history`` and per-phase ``seconds``."""
+    ``history``, per-phase ``seconds`` and the ``camera`` fitted through (None: weak perspective)."""
 
     id: Tensor
     exp: Tensor
     poses: Tensor
     history: list[dict]
     seconds: dict
+    camera: Pinhole | None = None
 
 
 # ----------------------------------------------------------------------------- initialisation
@@ -212,12 +220,14 @@ class _Problem:
 
     ``compact``: the landmark projector (its compact decoding); ``weights`` ``(V, K)`` the given
     landmark weights (visibility), times the projector's per-view weights at each `search`;
-    ``cfg`` `resolved` (every profile key set).
+    ``cfg`` `resolved` (every profile key set); ``camera`` a `Pinhole` the landmarks are projected
+    through (None: weak perspective).
     """
 
     def __init__(self, compact: LandmarkProjector, targets: Tensor, weights: Tensor, pose0: Tensor,
-                 step: Tensor, n_exp: int, cfg: FitConfig):
+                 step: Tensor, n_exp: int, cfg: FitConfig, camera: Pinhole | None = None):
         self.compact, self.targets, self.pose0, self.step, self.cfg = compact, targets, pose0, step, cfg
+        self.camera = camera
         self.n_id, self.n_exp, self.n_views = compact.n_id, n_exp, pose0.shape[0]
         self.base_weights = weights
         self.a = weights / weights.sum().clamp_min(1e-6)  # (V, K), set by `search`
@@ -258,7 +268,10 @@ class _Problem:
         id_c, exp_c, poses = self.split(theta)
         coeff = torch.cat([id_c, exp_c]).to(self.sel_basis.dtype)
         pts = self.sel_mean + self.sel_basis @ coeff
-        return project(pts, poses.to(pts.dtype))
+        poses = poses.to(pts.dtype)
+        if self.camera is not None:
+            pts = self.camera.view_verts(pts, poses)
+        return project(pts, poses)
 
     def objective(self, theta: Tensor) -> Tensor:
         """``E(θ)`` (scalar) with the current jawline choice."""
@@ -272,7 +285,12 @@ class _Problem:
         return e
 
     def jacobian(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        """Landmarks ``(V, 68, 2)`` px and their analytic Jacobian ``(V, 68, 2, P)`` w.r.t. ``θ``."""
+        """Landmarks ``(V, 68, 2)`` px and their analytic Jacobian ``(V, 68, 2, P)`` w.r.t. ``θ``.
+
+        ``uv = f diag(1, -1) s q + t`` with ``q = (R p)_xy``; ``s = 1`` for the weak camera, else
+        the pinhole's ``D / (D - (z - z0))`` (`renderer.camera.pinhole_scale`), ``z = (R p)_z``,
+        ``z0 = (R c)_z``, so ``ds = s² / D (dz - dz0)``.
+        """
         id_c, exp_c, poses = self.split(theta)
         coeff = torch.cat([id_c, exp_c]).to(self.sel_basis.dtype)
         pts = self.sel_mean + self.sel_basis @ coeff  # (V, 68, 3)
@@ -281,19 +299,32 @@ class _Problem:
         f = poses[:, 0, None, None]
         sign = pts.new_tensor([1.0, -1.0])
         rv = pts @ rot.transpose(1, 2)  # (V, 68, 3)
-        uv = f * rv[..., :2] * sign + poses[:, None, 4:6]
         v, k = pts.shape[:2]
+        if self.camera is None:
+            s, ds = pts.new_ones(v, k), pts.new_zeros(v, k)
+            dz0 = pts.new_zeros(v, 3)
+        else:
+            dist = float(self.camera.distance_mm)
+            c = pts.new_tensor(self.camera.centre)
+            s = dist / (dist - (rv[..., 2] - (rot @ c)[:, 2, None]))  # (V, 68)
+            ds = s.square() / dist  # ds / d(z - z0)
+            dz0 = (d_rot @ c)[..., 2]  # (V, 3 angles)
+        q = rv[..., :2] * s[..., None]
+        uv = f * q * sign + poses[:, None, 4:6]
         jac = pts.new_zeros(v, k, 2, self.size)
-        # shape: d uv / d coeff = f diag(1, -1) R[:2] B
-        proj = (f[..., None] * sign[:, None] * rot[:, None, :2, :])  # (V, 1, 2, 3)
-        jac[..., : self.n_id + self.n_exp] = proj @ self.sel_basis
+        # shape: d rv / d coeff = R B; d q = s d rv_xy + rv_xy ds d rv_z
+        d_rv = rot[:, None] @ self.sel_basis  # (V, 68, 3, P)
+        d_q = s[..., None, None] * d_rv[:, :, :2] + (rv[..., :2] * ds[..., None])[..., None] * d_rv[:, :, 2:3]
+        jac[..., : self.n_id + self.n_exp] = f[..., None] * sign[:, None] * d_q
         base = self.n_id + self.n_exp
         for view in range(v):
             cols = slice(base + 6 * view, base + 6 * view + 6)
             block = pts.new_zeros(k, 2, 6)
-            block[:, :, 0] = rv[view, :, :2] * sign
-            d_rv = torch.einsum("aij,kj->kai", d_rot[view], pts[view])  # (68, 3 angles, 3)
-            block[:, :, 1:4] = (poses[view, 0] * d_rv[..., :2] * sign).transpose(1, 2)
+            block[:, :, 0] = q[view] * sign
+            d_ra = torch.einsum("aij,kj->kai", d_rot[view], pts[view])  # (68, 3 angles, 3)
+            d_qa = (s[view, :, None, None] * d_ra[..., :2]
+                    + (rv[view, :, None, :2] * ds[view, :, None, None]) * (d_ra[..., 2] - dz0[view])[..., None])
+            block[:, :, 1:4] = (poses[view, 0] * d_qa * sign).transpose(1, 2)
             block[:, 0, 4] = 1.0
             block[:, 1, 5] = 1.0
             jac[view, :, :, cols] = block * self.step
@@ -429,7 +460,11 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
         pose0 = init_poses_from_landmarks(model.landmarks_3d(model.mean), landmarks, vis).to(dev)
     step = torch.tensor(cfg.pose_step, device=dev, dtype=torch.float32)
     step = torch.cat([step[:1] * pose0[:, :1].mean(), step[1:]])  # f step relative to f
-    problem = _Problem(compact, landmarks, vis, pose0, step, n_exp, cfg)
+    camera = None
+    if cfg.camera_distance_mm is not None:  # centred on the mean face's landmarks
+        camera = Pinhole(float(cfg.camera_distance_mm),
+                         tuple(float(x) for x in model.landmarks_3d(model.mean).mean(0).tolist()))
+    problem = _Problem(compact, landmarks, vis, pose0, step, n_exp, cfg, camera)
     if init is not None:
         problem.centre = torch.cat([id0, exp0])
     theta = torch.cat([id0, exp0, torch.zeros(6 * n_views, device=dev)])
@@ -447,7 +482,7 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
         seconds["cross_view"] = time.perf_counter() - t0
     with torch.no_grad():
         id_c, exp_c, poses = problem.split(theta)
-    return FitResult(id_c.clone(), exp_c.clone(), poses.clone(), history, seconds)
+    return FitResult(id_c.clone(), exp_c.clone(), poses.clone(), history, seconds, camera)
 
 
 class TensorAdam:
@@ -498,7 +533,9 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
             problem.search(param.detach())
         loss_lm = problem.objective(param)
         id_c, exp_c, poses = problem.split(param)
-        verts = model.decode(id_c[None], exp_c[None])
+        verts = model.decode(id_c[None], exp_c[None])  # (1, N, 3); per view (1, V, N, 3) for a pinhole
+        if problem.camera is not None:
+            verts = view_meshes(verts[0], poses, problem.camera)[None]
         res = cross_view_losses(small[None], verts, model.faces, scale_poses(poses, factor)[None],
                                 cfg.cross_view, flow_net=flow_net, pairs=pairs, backend=backend,
                                 region=region)
@@ -519,11 +556,15 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
 
 
 def fitted_landmarks(model, result: FitResult, contour: bool = True) -> Tensor:
-    """Projected landmarks ``(V, 68, 2)`` crop px of a fit."""
+    """Projected landmarks ``(V, 68, 2)`` crop px of a fit, through its camera."""
     compact = LandmarkProjector(model, model.landmark_set(contour), result.id.numel())
     with torch.no_grad():
         verts = compact.decode(result.id[None], result.exp[None])
-        return compact(verts, result.poses[None])[0]
+        poses = result.poses[None]
+        points = compact.points(verts, compact.select(verts, poses))  # (1, V, 68, 3)
+        if result.camera is not None:
+            points = result.camera.view_verts(points, poses)
+        return project(points, poses)[0]
 
 
 def landmark_error_px(model, result: FitResult, landmarks: Tensor, visible: Tensor | None = None,
