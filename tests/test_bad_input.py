@@ -209,6 +209,14 @@ def test_negative_refine_steps(smoke_checkpoint, tiny_synth, tmp_path, capsys):
                      "--refine-steps", "-1", "--out", str(tmp_path / "rec")], "--refine-steps -1")
 
 
+def test_camera_distance_out_of_range_or_without_a_fit(smoke_checkpoint, tiny_synth, tmp_path, capsys):
+    images = str(tiny_synth / "000000")
+    refused(capsys, ["reconstruct", "--images", images, "--camera-distance", "50", "--out", str(tmp_path / "a")],
+            "--camera-distance 50", "[200, 100000]")
+    refused(capsys, ["reconstruct", "--checkpoint", str(smoke_checkpoint), "--images", images,
+                     "--camera-distance", "1000", "--out", str(tmp_path / "b")], "--camera-distance 1000", "--refine-steps")
+
+
 @pytest.mark.parametrize("side", [1, 31])
 def test_tiny_front_image(side, smoke_checkpoint, tiny_synth, tmp_path, capsys):
     front = tmp_path / "front.png"

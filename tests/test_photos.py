@@ -155,6 +155,21 @@ def test_checkpoint_and_photo_paths_write_the_same_outputs(tiny_synth, smoke_che
     assert fitted["checkpoint"] is None and fitted["fit_steps"] > 0 and fitted["landmark_error_px"] < 1.5
 
 
+def test_reconstruct_with_a_camera_distance(photos, tmp_path):
+    """--camera-distance: the fit looks through a pinhole camera, recorded in params.json, and
+    still reprojects the landmarks."""
+    from mvf.cli import main
+
+    _, paths, lm_files = photos
+    args = ["reconstruct", "--camera-distance", "1000", "--out", str(tmp_path / "rec")]
+    for v in ("front", "left", "right"):
+        args += [f"--{v}", str(paths[v]), f"--{v}-landmarks", str(lm_files[v])]
+    assert main(args) == 0
+    params = json.loads((tmp_path / "rec" / "params.json").read_text())
+    assert params["camera_distance_mm"] == 1000.0 and params["fit_steps"] > 0
+    assert params["landmark_error_px"] < 1.5
+
+
 def test_checkpoint_on_photos_with_refinement(smoke_checkpoint, photos, tmp_path):
     """--crop detect --refine-steps: the network's prediction on the crops starts the fit."""
     from mvf.cli import main

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -40,6 +41,10 @@ def add_parser(sub) -> None:
                         "0 = the regression alone; default: 0, or for a detector-input checkpoint the fit "
                         "chosen on the tuning set of tools/bench_real.py")
     p.add_argument("--fit-config", metavar="YAML", help="fitting settings (mvf.recon.fit.FitConfig keys)")
+    p.add_argument("--camera-distance", type=float, default=None, metavar="MM",
+                   help="the photos' camera distance (mm, 200-100000): the fit looks through a pinhole "
+                        "camera there (FitConfig.camera_distance_mm); default: weak perspective. Needs a "
+                        "fit (no --checkpoint, or --refine-steps > 0)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1, as `mvf fit`)")
     add_view_arguments(p)
@@ -66,6 +71,14 @@ def run(args: argparse.Namespace) -> int:
         fit_cfg = load_config(args.fit_config, FitConfig)
     else:
         fit_cfg = network_fit_config(network, load_config(args.fit_config, FitConfig), args.refine_steps)
+    if args.camera_distance is not None:
+        if fit_cfg is None:
+            raise MvfError(f"--camera-distance {args.camera_distance:g}: only the fit uses a camera "
+                           "distance (the network's camera is weak perspective); add --refine-steps N")
+        try:
+            fit_cfg = dataclasses.replace(fit_cfg, camera_distance_mm=args.camera_distance)
+        except MvfError as e:
+            raise MvfError(f"--camera-distance {args.camera_distance:g}: {e}") from None
     t1 = time.perf_counter()
     if crop == "detect" or fit_cfg is not None:
         views = detect_views(paths, 224, lm_files, args.auto_order, crop=crop == "detect")

@@ -224,7 +224,8 @@ def reconstruct(views: Views, network: LoadedModel | None = None, fit_config: Fi
     info.update(init="network" if init is not None else "mean face + landmark poses",
                 landmarks=None if result is None else (
                     "ibug68" if lset is None else f"calibrated {lset.meta.get('kind', '')} ({lset.n_points} points)"),
-                fit_steps=0 if result is None else len(result.history))
+                fit_steps=0 if result is None else len(result.history),
+                camera_distance_mm=None if result is None or result.camera is None else result.camera.distance_mm)
 
     t = time.perf_counter()
     tex_cfg = texture_config or TextureConfig()
