@@ -232,6 +232,7 @@ def reconstruct(views: Views, network: LoadedModel | None = None, fit_config: Fi
     layout = uv_layout(face.verts_uvs, face.faces_uvs, tex_cfg.size) if face.verts_uvs is not None else None
     sources, source_poses = texture_sources(views, poses)
     texture = texture_from_views(verts, face.faces, poses, tuple(views.crops.shape[-2:]), sources,
-                                 source_poses, tex_cfg, layout, backend)
+                                 source_poses, tex_cfg, layout, backend,
+                                 None if result is None else result.camera)
     timing["texture"] = time.perf_counter() - t
     return Reconstruction(views, face, ids, exps, poses, verts, landmarks, texture, result, timing, info)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as tnf
 from torch import Tensor
 
-from renderer.camera import pixels_to_grid, project, view_directions
+from renderer.camera import Pinhole, pixels_to_grid, project, view_directions, view_meshes
 from renderer.raster import fast_pix_to_face, fragments_from_pix_to_face, rasterize
 from renderer.visibility import vertex_visibility
 from mvf.errors import MvfError
@@ -74,13 +74,13 @@ class Texture:
 
 
 def view_weights(verts: Tensor, faces: Tensor, poses: Tensor, image_size: tuple[int, int],
-                 cfg: TextureConfig, backend: str = "auto") -> Tensor:
+                 cfg: TextureConfig, backend: str = "auto", camera: Pinhole | None = None) -> Tensor:
     """Per-view, per-vertex blend weights ``(V, N)``: visibility times ``max(0, n·d)^power``.
 
-    Args: verts ``(N, 3)`` mm, faces ``(F, 3)``, poses ``(V, 6)``, image_size ``(H, W)``.
+    Args: verts ``(N, 3)`` mm, faces ``(F, 3)``, poses ``(V, 6)``, image_size ``(H, W)``;
+    camera: the fit's `Pinhole` (None: weak perspective).
     """
-    v = poses.shape[0]
-    vv = verts[None].expand(v, -1, -1)
+    vv = view_meshes(verts, poses, camera)
     frags = rasterize(vv, faces, poses, image_size, backend=backend)
     visible = vertex_visibility(vv, faces, poses, frags, tol_mm=cfg.vis_tol_mm)
     uv = project(vv, poses)
@@ -152,7 +152,7 @@ def push_pull_fill(image: Tensor, mask: Tensor) -> Tensor:
 def texture_from_views(verts: Tensor, faces: Tensor, poses: Tensor, image_size: tuple[int, int],
                        images: Tensor | Sequence[Tensor], image_poses: Tensor | None = None,
                        cfg: TextureConfig | None = None, layout: UVLayout | None = None,
-                       backend: str = "auto") -> Texture:
+                       backend: str = "auto", camera: Pinhole | None = None) -> Texture:
     """Per-vertex colours and (with ``layout``) a UV map, from one visibility pass per view.
 
     Args:
@@ -161,12 +161,13 @@ def texture_from_views(verts: Tensor, faces: Tensor, poses: Tensor, image_size: 
         images: ``(V, 3, H', W')`` or V tensors ``(3, H_v, W_v)`` in [0, 1] to take colours from.
         image_poses: ``(V, 6)`` poses of ``images`` (default ``poses``: the same frame).
         cfg: `TextureConfig`. layout: `uv_layout` of the mesh's UVs (None: no UV map).
+        camera: the `renderer.camera.Pinhole` the poses were fitted through (None: weak perspective).
     """
     cfg = cfg or TextureConfig()
     image_poses = poses if image_poses is None else image_poses
     n_views = poses.shape[0]
-    weights = view_weights(verts, faces, poses, image_size, cfg, backend)  # (V, N)
-    uv = project(verts[None].expand(n_views, -1, -1), image_poses)
+    weights = view_weights(verts, faces, poses, image_size, cfg, backend, camera)  # (V, N)
+    uv = project(view_meshes(verts, image_poses, camera), image_poses)
     cols = sample_images(images, uv)  # (V, N, 3)
     gains = exposure_gains(cols, weights) if cfg.match_exposure and n_views > 1 else cols.new_ones(n_views, 3)
     total = weights.sum(0)
@@ -178,7 +179,7 @@ def texture_from_views(verts: Tensor, faces: Tensor, poses: Tensor, image_size: 
         corner = faces[layout.faces]  # (M, 3) mesh vertex ids of each texel's triangle
         points = (layout.bary[..., None] * verts[corner]).sum(1)  # (M, 3) mm
         texel_w = (layout.bary[None] * weights[:, corner]).sum(-1)  # (V, M)
-        tuv = project(points[None].expand(n_views, -1, -1), image_poses)
+        tuv = project(view_meshes(points, image_poses, camera), image_poses)
         tcols = sample_images(images, tuv) * gains[:, None]  # (V, M, 3)
         ttotal = texel_w.sum(0)
         blended = (texel_w[..., None] * tcols).sum(0) / ttotal.clamp_min(1e-8)[:, None]
