@@ -400,4 +400,8 @@ def test_profile_settings_fill_only_unset_keys():
     assert (explicit.photo_steps, explicit.w_exp_prior, explicit.w_photo) == (0, 0.5, CALIBRATED_FIT_DEFAULTS["w_photo"])
     generic = resolved(FitConfig())
     assert {k: getattr(generic, k) for k in GENERIC_DEFAULTS} == GENERIC_DEFAULTS
+    # detected photos look through a 1 m pinhole camera unless told otherwise; 0 is weak perspective
+    assert unset.camera_distance_mm == 1000.0 and generic.camera_distance_mm == 0.0
+    weak = calibrated_fit_config(load_config(None, FitConfig, ["camera_distance_mm=0"]))
+    assert weak.camera_distance_mm == 0
     assert resolved(explicit).photo_steps == 0

@@ -42,9 +42,10 @@ def add_parser(sub) -> None:
                         "chosen on the tuning set of tools/bench_real.py")
     p.add_argument("--fit-config", metavar="YAML", help="fitting settings (mvf.recon.fit.FitConfig keys)")
     p.add_argument("--camera-distance", type=float, default=None, metavar="MM",
-                   help="the photos' camera distance (mm, 200-100000): the fit looks through a pinhole "
-                        "camera there (FitConfig.camera_distance_mm); default: weak perspective. Needs a "
-                        "fit (no --checkpoint, or --refine-steps > 0)")
+                   help="the photos' camera distance (mm, 200-100000; 0: weak perspective): the fit "
+                        "looks through a pinhole camera there (FitConfig.camera_distance_mm); default: "
+                        "1000 for detected photos, weak perspective for landmark files. Needs a fit (no "
+                        "--checkpoint, or --refine-steps > 0)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1, as `mvf fit`)")
     add_view_arguments(p)

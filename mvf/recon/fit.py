@@ -73,15 +73,17 @@ class FitConfig:
     contour: jawline landmarks follow the silhouette (else fixed vertices).
     camera_distance_mm: the photos' camera distance (mm, [200, 100000]) for a pinhole camera
         (`renderer.camera.Pinhole`, centred on the face's landmarks) in the landmark and cross-view
-        phases; None (the default): the weak-perspective camera of the paper and the network.
+        phases and the texture; 0: the weak-perspective camera of the paper and the network; None:
+        the profile's (1000 for detected photos, else 0).
     landmarks: which landmarks detected photos are fitted with: "auto" (the calibrated mediapipe
         set, `mvf.recon.calibrate`, when the asset exists; else the iBUG-68 table), "calibrated"
         (required) or "ibug68". Landmark files (68 points) always use the iBUG-68 set.
     cross_view, flow: loss and flow-estimator settings of the cross-view phase.
 
-    ``landmark_steps``, ``photo_steps``, ``w_photo``, ``w_exp_prior`` and ``w_id_prior`` left unset
-    (None) take the landmark profile's tuned value (`with_defaults`: the calibrated set's, a network
-    start's), else `GENERIC_DEFAULTS` (40, 0, 100, 0.5, 0.5); a value set explicitly is always kept.
+    ``landmark_steps``, ``photo_steps``, ``w_photo``, ``w_exp_prior``, ``w_id_prior`` and
+    ``camera_distance_mm`` left unset (None) take the landmark profile's tuned value (`with_defaults`:
+    the calibrated set's, a network start's), else `GENERIC_DEFAULTS` (40, 0, 100, 0.5, 0.5, 0); a
+    value set explicitly is always kept.
     """
 
     n_id: int = 60
@@ -120,16 +122,17 @@ class FitConfig:
             raise MvfError(f"config key 'photo_region': {self.photo_region!r} is not one of {list(REGIONS)}")
         if self.landmarks not in LANDMARK_CHOICES:
             raise MvfError(f"config key 'landmarks': {self.landmarks!r} is not one of {list(LANDMARK_CHOICES)}")
-        if self.camera_distance_mm is not None and not 200.0 <= self.camera_distance_mm <= 100000.0:
-            raise MvfError(f"config key 'camera_distance_mm': must be in [200, 100000] mm or null, "
-                           f"got {self.camera_distance_mm}")
+        if self.camera_distance_mm not in (None, 0) and not 200.0 <= self.camera_distance_mm <= 100000.0:
+            raise MvfError(f"config key 'camera_distance_mm': must be in [200, 100000] mm, 0 (weak "
+                           f"perspective) or null, got {self.camera_distance_mm}")
         if len(self.pose_step) != 6:
             raise MvfError(f"config key 'pose_step': expected 6 numbers, got {len(self.pose_step)}")
 
 
 # The settings a landmark profile tunes (the calibrated set's, a network's start): None in a
 # `FitConfig` means "the profile's value", else these (`resolved`).
-GENERIC_DEFAULTS = {"landmark_steps": 40, "photo_steps": 0, "w_photo": 100.0, "w_exp_prior": 0.5, "w_id_prior": 0.5}
+GENERIC_DEFAULTS = {"landmark_steps": 40, "photo_steps": 0, "w_photo": 100.0, "w_exp_prior": 0.5, "w_id_prior": 0.5,
+                    "camera_distance_mm": 0.0}
 
 
 def with_defaults(cfg: FitConfig, defaults: dict) -> FitConfig:
@@ -461,7 +464,7 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
     step = torch.tensor(cfg.pose_step, device=dev, dtype=torch.float32)
     step = torch.cat([step[:1] * pose0[:, :1].mean(), step[1:]])  # f step relative to f
     camera = None
-    if cfg.camera_distance_mm is not None:  # centred on the mean face's landmarks
+    if cfg.camera_distance_mm:  # centred on the mean face's landmarks
         camera = Pinhole(float(cfg.camera_distance_mm),
                          tuple(float(x) for x in model.landmarks_3d(model.mean).mean(0).tolist()))
     problem = _Problem(compact, landmarks, vis, pose0, step, n_exp, cfg, camera)

@@ -71,9 +71,11 @@ class Reconstruction:
 
 # Fit settings for the calibrated mediapipe set (detected photos), chosen on the tuning set of
 # tools/bench_real.py (seed 1000; w_id_prior on its 40 subjects, 1.5-2 flat there, scan-lps
-# choosing 2: see README "Real photos"); `calibrated_fit_config` applies them where a `FitConfig`
-# leaves them unset.
-CALIBRATED_FIT_DEFAULTS = {"w_exp_prior": 4.0, "photo_steps": 20, "w_photo": 200.0, "w_id_prior": 2.0}
+# choosing 2: see README "Real photos"; a pinhole camera at 1 m, chosen on the tuning set rendered
+# at 1 m and 0.5 m and on scan-lps: README "The camera"); `calibrated_fit_config` applies them where a
+# `FitConfig` leaves them unset.
+CALIBRATED_FIT_DEFAULTS = {"w_exp_prior": 4.0, "photo_steps": 20, "w_photo": 200.0, "w_id_prior": 2.0,
+                           "camera_distance_mm": 1000.0}
 
 
 def calibrated_fit_config(cfg: FitConfig) -> FitConfig:
