@@ -58,10 +58,18 @@ def test_rotation_derivatives_match_autograd():
     assert torch.allclose(rotation_derivatives(angles), auto.permute(2, 0, 1), atol=1e-12)
 
 
-@pytest.mark.parametrize("distance", [None, 400.0])
-def test_landmark_jacobian_matches_autograd(model, distance):
+def random_error_model(g: torch.Generator, k: int = 68, rank: int = 4):
+    """A detector error model of ``k`` points with three yaw bins (edges ±20°), mm."""
+    from mvf.face.detector_error import DetectorErrorModel
+
+    return DetectorErrorModel(torch.tensor([-20.0, 20.0]), 0.5 * torch.randn(3, k, 2, generator=g),
+                              0.3 * torch.randn(3, rank, 2 * k, generator=g), 0.2 * torch.rand(3, k, generator=g))
+
+
+@pytest.mark.parametrize("distance, rank", [(None, 0), (400.0, 0), (400.0, 3)])
+def test_landmark_jacobian_matches_autograd(model, distance, rank):
     """The analytic Jacobian of the landmarks, weak perspective and pinhole (a close camera, off
-    centre), equals autograd's."""
+    centre), with and without the detector-error latents, equals autograd's."""
     from torch.func import jacfwd
 
     from renderer.camera import Pinhole
@@ -69,17 +77,24 @@ def test_landmark_jacobian_matches_autograd(model, distance):
     g = torch.Generator().manual_seed(1)
     poses = random_poses(g)
     lm = project(model.landmarks_3d(model.mean)[None].expand(3, -1, -1), poses)
-    cfg = resolved(FitConfig())
+    cfg = resolved(FitConfig(error_rank=rank))
     compact = model.landmark_projector(n_id=cfg.n_id)
     step = torch.tensor(cfg.pose_step)
     camera = None if distance is None else Pinhole(distance, (3.0, 20.0, 40.0))
-    problem = _Problem(compact, lm, torch.ones(3, 68), poses, step, model.n_exp, cfg, camera)
+    error = random_error_model(g) if rank else None
+    problem = _Problem(compact, lm, torch.ones(3, 68), poses, step, model.n_exp, cfg, camera, error)
+    assert problem.size == cfg.n_id + model.n_exp + 18 + 3 * rank
     theta = 0.3 * torch.randn(problem.size, generator=g)
     theta[cfg.n_id:cfg.n_id + model.n_exp] = theta[cfg.n_id:cfg.n_id + model.n_exp].abs()
     problem.search(theta)
     uv, jac = problem.jacobian(theta)
-    assert torch.allclose(uv, problem.project(theta), atol=1e-4)
-    assert torch.allclose(jac, jacfwd(problem.project)(theta), atol=1e-3, rtol=1e-4)
+    assert torch.allclose(uv, problem.matched(theta), atol=1e-4)
+    if rank:  # the views' bins (yaw 0, -40, +40: bins 1, 0, 2) scaled by the start's f
+        want = error.bias[[1, 0, 2]] * poses[:, :1, None] + torch.einsum(
+            "vr,vrkc->vkc", problem.latents(theta), error.basis[[1, 0, 2]].reshape(3, 4, 68, 2)[:, :rank]
+            * poses[:, 0, None, None, None])
+        assert torch.allclose(uv - problem.project(theta), want, atol=1e-4)
+    assert torch.allclose(jac, jacfwd(problem.matched)(theta), atol=1e-3, rtol=1e-4)
 
 
 def test_init_poses_recover_known_poses(model):
@@ -178,6 +193,35 @@ def test_pinhole_fit_recovers_a_close_cameras_face(model):
     assert errors[350.0] < 0.8 * errors[None], errors
     with pytest.raises(MvfError, match="camera_distance_mm"):
         FitConfig(camera_distance_mm=50.0)
+
+
+def test_detector_error_latents_explain_structured_detector_errors(model):
+    """Landmarks displaced by a detector's structured errors (a known low-rank error model, drawn
+    per view): fitting with ``error_rank`` (the latents) recovers the face better than without,
+    which explains the errors by the shape."""
+    import dataclasses
+
+    g = torch.Generator().manual_seed(5)
+    id_true = torch.randn(model.n_id, generator=g)
+    id_true[FitConfig().n_id:] = 0
+    exp_true = 0.3 * torch.rand(model.n_exp, generator=g)
+    verts = model.decode(id_true[None], exp_true[None])[0]
+    poses = random_poses(g)
+    projector = model.landmark_projector(n_id=model.n_id)
+    lm = projector(verts[None], poses[None])[0]
+    error = random_error_model(g, rank=3)
+    error.bias.zero_()
+    error.basis.mul_(8.0)  # errors of ~2.4 mm per component, shared by many points
+    z_true = torch.randn(3, 3, generator=g)
+    bins = error.bins(poses[:, 2])
+    drawn = torch.einsum("vr,vrkc->vkc", z_true, error.basis[bins].reshape(3, 3, 68, 2)) * poses[:, :1, None]
+    lset = dataclasses.replace(model.landmark_set(True, FitConfig().w_jaw), error_model=error)
+    errors = {}
+    for rank in (0, 3):
+        cfg = FitConfig(error_rank=rank, w_error_prior=1.0)
+        result = fit(model, torch.zeros(0), lm + drawn, None, cfg, landmark_set=lset)
+        errors[rank] = float(aligned_rmse(model.decode(result.id[None], result.exp[None]), verts[None]))
+    assert errors[3] < 0.8 * errors[0], errors  # 2.29 vs 3.45 mm
 
 
 def test_fit_starts_from_a_network_prediction(model, synthetic_subjects):

@@ -27,6 +27,7 @@ from torch import Tensor
 from renderer.camera import Pinhole, project, view_meshes
 from renderer.rotations import euler_to_matrix, matrix_to_euler, rotation_derivatives
 from mvf.errors import MvfError
+from mvf.face.detector_error import DetectorErrorModel
 from mvf.face.landmarks import LandmarkProjector, LandmarkSet
 from mvf.losses.flow import FlowConfig, build_flow
 from mvf.losses.selfsup import CrossViewConfig, cross_view_losses, inner_face_region
@@ -75,6 +76,12 @@ class FitConfig:
         (`renderer.camera.Pinhole`, centred on the face's landmarks) in the landmark and cross-view
         phases and the texture; 0: the weak-perspective camera of the paper and the network; None:
         the profile's (1000 for detected photos, else 0).
+    error_rank: the calibrated set's detector error model (`mvf.face.detector_error`) in the
+        landmark objective: each view's points are matched as ``projected + f0 (bias + z @ basis)``
+        with the leading ``error_rank`` structured-error components of the view's yaw bin and
+        per-view latent ``z`` (standard normal, prior ``w_error_prior · mean(z²)``), so errors the
+        detector makes together are explained by ``z`` rather than by the shape; 0: off (no bias).
+        Landmark sets without an error model (the iBUG-68 set of landmark files) ignore it.
     landmarks: which landmarks detected photos are fitted with: "auto" (the calibrated mediapipe
         set, `mvf.recon.calibrate`, when the asset exists; else the iBUG-68 table), "calibrated"
         (required) or "ibug68". Landmark files (68 points) always use the iBUG-68 set.
@@ -106,12 +113,14 @@ class FitConfig:
     pose_step: tuple[float, ...] = (0.05, 0.05, 0.05, 0.05, 2.0, 2.0)
     contour: bool = True
     camera_distance_mm: float | None = None
+    error_rank: int = 12
+    w_error_prior: float = 1.0
     landmarks: str = "auto"
     cross_view: "FitCrossViewConfig" = field(default_factory=lambda: FitCrossViewConfig())
     flow: FlowConfig = field(default_factory=FlowConfig)
 
     def __post_init__(self) -> None:
-        for key in ("n_id", "landmark_steps", "photo_steps"):
+        for key in ("n_id", "landmark_steps", "photo_steps", "error_rank"):
             if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise MvfError(f"config key '{key}': must be >= 0, got {getattr(self, key)}")
         if self.photo_size < 32:
@@ -224,14 +233,20 @@ class _Problem:
     ``compact``: the landmark projector (its compact decoding); ``weights`` ``(V, K)`` the given
     landmark weights (visibility), times the projector's per-view weights at each `search`;
     ``cfg`` `resolved` (every profile key set); ``camera`` a `Pinhole` the landmarks are projected
-    through (None: weak perspective).
+    through (None: weak perspective); ``error`` the set's `DetectorErrorModel` (used when
+    ``cfg.error_rank > 0``: ``θ`` then ends with the per-view latents ``z`` ``(V, R)``).
     """
 
     def __init__(self, compact: LandmarkProjector, targets: Tensor, weights: Tensor, pose0: Tensor,
-                 step: Tensor, n_exp: int, cfg: FitConfig, camera: Pinhole | None = None):
+                 step: Tensor, n_exp: int, cfg: FitConfig, camera: Pinhole | None = None,
+                 error: DetectorErrorModel | None = None):
         self.compact, self.targets, self.pose0, self.step, self.cfg = compact, targets, pose0, step, cfg
         self.camera = camera
         self.n_id, self.n_exp, self.n_views = compact.n_id, n_exp, pose0.shape[0]
+        self.error = error.to(targets.device) if error is not None and cfg.error_rank > 0 else None
+        self.rank = 0 if self.error is None else min(cfg.error_rank, int(self.error.basis.shape[1]))
+        self.err_bias = targets.new_zeros(targets.shape)  # (V, K, 2) px, set by `search`
+        self.err_basis = targets.new_zeros(self.n_views, self.rank, *targets.shape[1:])  # (V, R, K, 2) px
         self.base_weights = weights
         self.a = weights / weights.sum().clamp_min(1e-6)  # (V, K), set by `search`
         self.mm_per_px = 1.0 / float(pose0[:, 0].mean().clamp_min(1e-6))
@@ -242,13 +257,28 @@ class _Problem:
 
     @property
     def size(self) -> int:
+        return self.n_id + self.n_exp + 6 * self.n_views + self.rank * self.n_views
+
+    @property
+    def z_start(self) -> int:
         return self.n_id + self.n_exp + 6 * self.n_views
+
+    def latents(self, theta: Tensor) -> Tensor:
+        """The detector-error latents ``(V, R)`` of ``θ``."""
+        return theta[self.z_start:].reshape(self.n_views, self.rank)
+
+    def offsets(self, theta: Tensor) -> Tensor:
+        """The modelled detector errors ``(V, K, 2)`` px at ``θ`` (0 without an error model)."""
+        if not self.rank:
+            return self.err_bias
+        z = self.latents(theta).to(self.err_basis.dtype)
+        return self.err_bias + torch.einsum("vr,vrkc->vkc", z, self.err_basis)
 
     def split(self, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``θ -> (id (n_id,), exp (n_exp,), poses (V, 6))``."""
         id_c = theta[: self.n_id]
         exp_c = theta[self.n_id:self.n_id + self.n_exp]
-        poses = self.pose0 + theta[self.n_id + self.n_exp:].reshape(self.n_views, 6) * self.step
+        poses = self.pose0 + theta[self.n_id + self.n_exp:self.z_start].reshape(self.n_views, 6) * self.step
         return id_c, exp_c, poses
 
     def search(self, theta: Tensor) -> None:
@@ -265,9 +295,16 @@ class _Problem:
         self.sel_mean = (self.compact.mean[tri] * bary[..., None]).sum(-2)  # (V, K, 3)
         w = self.base_weights * choice.weight[0]
         self.a = w / w.sum().clamp_min(1e-6)
+        if self.rank:  # the error model of each view's yaw bin, in px (times the start's f)
+            b = self.error.bins(poses[:, 2])
+            f0 = self.pose0[:, 0, None, None]
+            self.err_bias = self.error.bias[b] * f0
+            basis = self.error.basis[b, : self.rank].reshape(self.n_views, self.rank, -1, 2)
+            self.err_basis = basis * f0[..., None]
 
     def project(self, theta: Tensor) -> Tensor:
-        """Landmarks ``(V, 68, 2)`` px for ``θ`` with the current jawline choice."""
+        """Landmarks ``(V, 68, 2)`` px for ``θ`` with the current jawline choice (the model's own,
+        without the detector's modelled errors: `matched`)."""
         id_c, exp_c, poses = self.split(theta)
         coeff = torch.cat([id_c, exp_c]).to(self.sel_basis.dtype)
         pts = self.sel_mean + self.sel_basis @ coeff
@@ -276,19 +313,25 @@ class _Problem:
             pts = self.camera.view_verts(pts, poses)
         return project(pts, poses)
 
+    def matched(self, theta: Tensor) -> Tensor:
+        """What the detector is expected to give ``(V, K, 2)`` px: `project` + the modelled errors."""
+        return self.project(theta) + self.offsets(theta)
+
     def objective(self, theta: Tensor) -> Tensor:
         """``E(θ)`` (scalar) with the current jawline choice."""
         id_c, exp_c, _ = self.split(theta)
-        dist = (self.project(theta) - self.targets).norm(dim=-1) * self.mm_per_px
+        dist = (self.matched(theta) - self.targets).norm(dim=-1) * self.mm_per_px
         e = (self.a * robust_px(dist, self.cfg.lm_delta_mm)).sum()
         e = e + self.cfg.w_id_prior * id_c.square().mean() + self.cfg.w_exp_prior * exp_c.abs().mean()
         if self.centre is not None and self.cfg.w_net_prior > 0:
             c = theta[: self.n_id + self.n_exp]
             e = e + self.cfg.w_net_prior * (c - self.centre.to(c)).square().mean()
+        if self.rank:
+            e = e + self.cfg.w_error_prior * self.latents(theta).square().mean()
         return e
 
     def jacobian(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        """Landmarks ``(V, 68, 2)`` px and their analytic Jacobian ``(V, 68, 2, P)`` w.r.t. ``θ``.
+        """`matched` landmarks ``(V, 68, 2)`` px and their analytic Jacobian ``(V, 68, 2, P)`` w.r.t. ``θ``.
 
         ``uv = f diag(1, -1) s q + t`` with ``q = (R p)_xy``; ``s = 1`` for the weak camera, else
         the pinhole's ``D / (D - (z - z0))`` (`renderer.camera.pinhole_scale`), ``z = (R p)_z``,
@@ -331,6 +374,11 @@ class _Problem:
             block[:, 0, 4] = 1.0
             block[:, 1, 5] = 1.0
             jac[view, :, :, cols] = block * self.step
+        if self.rank:
+            uv = uv + self.offsets(theta).to(uv.dtype)
+            for view in range(v):
+                cols = slice(self.z_start + self.rank * view, self.z_start + self.rank * (view + 1))
+                jac[view, :, :, cols] = self.err_basis[view].permute(1, 2, 0).to(jac.dtype)
         return uv, jac
 
     def linearise(self, theta: Tensor) -> tuple[Tensor, Tensor]:
@@ -360,6 +408,11 @@ class _Problem:
                 idx = torch.arange(n, device=h.device)
                 h[idx, idx] += w
                 g[:n] += w * (theta[:n].double() - self.centre.double())
+            if self.rank:
+                w = 2.0 * self.cfg.w_error_prior / (self.rank * self.n_views)
+                idx = torch.arange(self.z_start, self.size, device=h.device)
+                h[idx, idx] += w
+                g[self.z_start:] += w * theta[self.z_start:].double()
         return h, g + self.exp_linear
 
     def free(self, theta: Tensor, grad: Tensor) -> Tensor:
@@ -413,7 +466,7 @@ def solve_landmarks(problem: _Problem, theta: Tensor, iterations: int, tol: floa
         problem.search(theta)  # the jawline may move to other vertices with the new shape/pose
         with torch.no_grad():
             e = float(problem.objective(theta))
-            px = float(((problem.project(theta) - problem.targets).norm(dim=-1) * problem.a).sum())
+            px = float(((problem.matched(theta) - problem.targets).norm(dim=-1) * problem.a).sum())
         history.append({"step": len(history), "phase": "landmarks", "loss": e, "landmark_px": px})
         if e_old - e < tol * max(e_old, 1e-9) and e <= e_old:
             break
@@ -467,10 +520,11 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
     if cfg.camera_distance_mm:  # centred on the mean face's landmarks
         camera = Pinhole(float(cfg.camera_distance_mm),
                          tuple(float(x) for x in model.landmarks_3d(model.mean).mean(0).tolist()))
-    problem = _Problem(compact, landmarks, vis, pose0, step, n_exp, cfg, camera)
+    problem = _Problem(compact, landmarks, vis, pose0, step, n_exp, cfg, camera,
+                       None if landmark_set is None else landmark_set.error_model)
     if init is not None:
         problem.centre = torch.cat([id0, exp0])
-    theta = torch.cat([id0, exp0, torch.zeros(6 * n_views, device=dev)])
+    theta = torch.cat([id0, exp0, torch.zeros(6 * n_views + problem.rank * n_views, device=dev)])
     history: list[dict] = []
     seconds: dict[str, float] = {}
 
