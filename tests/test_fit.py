@@ -304,6 +304,7 @@ def test_mvf_fit_on_the_real_triplet(tmp_path, capsys):
         assert (out / name).is_file(), name
     params = json.loads((out / "params.json").read_text())
     assert params["landmark_error_px"] <= 4.5  # vs the 68-point table; the fit uses the calibrated set
+    assert params["detector_error_rank"] == FitConfig().error_rank  # ...and its detector error model
     assert "landmark reprojection error" in stdout
     assert set(params["pose"]) == {"front", "left", "right"} and len(params["id"]) == 60
     # yaw signs follow the conventions: left view negative, right view positive

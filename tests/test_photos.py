@@ -167,6 +167,7 @@ def test_reconstruct_with_a_camera_distance(photos, tmp_path):
     assert main(args) == 0
     params = json.loads((tmp_path / "rec" / "params.json").read_text())
     assert params["camera_distance_mm"] == 1000.0 and params["fit_steps"] > 0
+    assert params["detector_error_rank"] == 0  # 68-point landmark files have no error model
     assert params["landmark_error_px"] < 1.5
 
 
