@@ -158,7 +158,8 @@ def resolved(cfg: FitConfig) -> FitConfig:
 @dataclass
 class FitResult:
     """Fitted coefficients ``id`` (n_id,), ``exp`` (n_exp,), ``poses`` (V, 6) crop px; per-step
-    ``history``, per-phase ``seconds`` and the ``camera`` fitted through (None: weak perspective)."""
+    ``history``, per-phase ``seconds``, the ``camera`` fitted through (None: weak perspective) and
+    the rank of the detector error model used (`FitConfig.error_rank`; 0: none)."""
 
     id: Tensor
     exp: Tensor
@@ -166,6 +167,7 @@ class FitResult:
     history: list[dict]
     seconds: dict
     camera: Pinhole | None = None
+    error_rank: int = 0
 
 
 # ----------------------------------------------------------------------------- initialisation
@@ -315,7 +317,8 @@ class _Problem:
 
     def matched(self, theta: Tensor) -> Tensor:
         """What the detector is expected to give ``(V, K, 2)`` px: `project` + the modelled errors."""
-        return self.project(theta) + self.offsets(theta)
+        uv = self.project(theta)
+        return uv + self.offsets(theta) if self.rank else uv
 
     def objective(self, theta: Tensor) -> Tensor:
         """``E(θ)`` (scalar) with the current jawline choice."""
@@ -539,7 +542,7 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
         seconds["cross_view"] = time.perf_counter() - t0
     with torch.no_grad():
         id_c, exp_c, poses = problem.split(theta)
-    return FitResult(id_c.clone(), exp_c.clone(), poses.clone(), history, seconds, camera)
+    return FitResult(id_c.clone(), exp_c.clone(), poses.clone(), history, seconds, camera, problem.rank)
 
 
 class TensorAdam:

@@ -228,8 +228,7 @@ def reconstruct(views: Views, network: LoadedModel | None = None, fit_config: Fi
                     "ibug68" if lset is None else f"calibrated {lset.meta.get('kind', '')} ({lset.n_points} points)"),
                 fit_steps=0 if result is None else len(result.history),
                 camera_distance_mm=None if result is None or result.camera is None else result.camera.distance_mm,
-                detector_error_rank=0 if result is None or lset is None or lset.error_model is None else min(
-                    fit_config.error_rank, int(lset.error_model.basis.shape[1])))
+                detector_error_rank=0 if result is None else result.error_rank)
 
     t = time.perf_counter()
     tex_cfg = texture_config or TextureConfig()
