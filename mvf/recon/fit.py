@@ -270,9 +270,7 @@ class _Problem:
         return theta[self.z_start:].reshape(self.n_views, self.rank)
 
     def offsets(self, theta: Tensor) -> Tensor:
-        """The modelled detector errors ``(V, K, 2)`` px at ``θ`` (0 without an error model)."""
-        if not self.rank:
-            return self.err_bias
+        """The modelled detector errors ``(V, K, 2)`` px at ``θ`` (with an error model: ``rank > 0``)."""
         z = self.latents(theta).to(self.err_basis.dtype)
         return self.err_bias + torch.einsum("vr,vrkc->vkc", z, self.err_basis)
 
