@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from renderer.camera import make_pose, project, view_directions
+from renderer.camera import Pinhole, make_pose, project, view_directions
+from renderer.rotations import euler_to_matrix
 from mvf.face.contour import build_contour_lines
 from mvf.face.landmarks import LandmarkProjector
 from mvf.face.mesh import vertex_normals
@@ -185,3 +186,44 @@ def test_contour_landmarks_gradients(model, faces_shapes):
     v = verts.clone().requires_grad_(True)
     landmarks_per_mesh(v, pose.detach(), model)[0].sum().backward()
     assert v.grad.abs().sum() > 0 and math.isfinite(float(v.grad.abs().sum()))
+
+
+def _pinhole_rim_distance(verts, faces, pose, camera, points):
+    """`_rim_distance` for a pinhole camera: the front/back crease is taken against each face's
+    own ray to the camera centre (model space), ``points`` px in the pinhole image."""
+    rot = euler_to_matrix(pose[1:4])
+    eye = rot.T @ torch.tensor([0.0, 0.0, float(camera.ref_depth(pose)) + camera.distance_mm])
+    v0, v1, v2 = (verts[faces[:, i]] for i in range(3))
+    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)
+    front = (fn * (eye - (v0 + v1 + v2) / 3)).sum(-1) > 0
+    uniq, inv, n_all = _edge_table(faces)
+    n_front = torch.zeros(len(uniq)).index_add_(0, inv, torch.cat([front, front, front]).float())
+    rim = uniq[(n_all == 2) & (n_front == 1)]
+    uv = project(camera.view_verts(verts, pose), pose)
+    a, b = uv[rim[:, 0]], uv[rim[:, 1]]
+    ab = b - a
+    t = (((points[:, None] - a[None]) * ab[None]).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-9)).clamp(0, 1)
+    return (points[:, None] - (a[None] + t[..., None] * ab[None])).norm(dim=-1).min(1).values
+
+
+@pytest.mark.parametrize("yaw", [-35.0, 30.0])
+def test_pinhole_contour_follows_the_pinhole_silhouette(model, faces_shapes, lines, yaw):
+    """Seen from 250 mm, the far-side jawline lies on the pinhole image's outline (the crease
+    against each face's own ray), which the weak-perspective choice misses."""
+    camera = Pinhole(250.0, tuple(float(c) for c in model.landmarks_3d(model.mean[None])[0].mean(0)))
+    proj = projector_with(model, lines)
+    near_rim, weak_off = [], []
+    for k, verts in enumerate(faces_shapes):
+        pose = make_pose(1.0, pitch_deg=[-8, 0, 6, 10][k], yaw_deg=yaw, roll_deg=[4, 0, -5, 2][k], tx=0, ty=0)
+        for cam, out in ((camera, near_rim), (None, weak_off)):
+            res = proj.project(verts[None], pose[None, None], camera=cam)
+            moved = res.on_silhouette[0, 0, :17]
+            assert moved.sum() >= 3, (yaw, k)
+            # both choices scored in the pinhole image
+            pts = project(camera.view_verts(verts[res.vertex_ids[0, 0, :17][moved][:, 0]], pose), pose)
+            if cam is not None:
+                assert torch.allclose(pts, res.uv[0, 0, :17][moved], atol=1e-4)
+            out.append(_pinhole_rim_distance(verts, model.faces, pose, camera, pts))
+    near_rim, weak_off = torch.cat(near_rim), torch.cat(weak_off)
+    assert near_rim.max() < 1.5, near_rim
+    assert weak_off.mean() > 2.0 * near_rim.mean(), (weak_off.mean(), near_rim.mean())

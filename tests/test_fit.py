@@ -178,9 +178,8 @@ def test_pinhole_fit_recovers_a_close_cameras_face(model):
     verts = model.decode(id_true[None], exp_true[None])[0]
     poses = random_poses(g)
     camera = Pinhole(350.0, tuple(model.landmarks_3d(model.mean).mean(0).tolist()))
-    choice_pts = model.landmark_projector(n_id=model.n_id)
-    pts = choice_pts.points(verts[None], choice_pts.select(verts[None], poses[None]))
-    lm = project(camera.view_verts(pts, poses[None]), poses[None])[0]
+    # the jawline on the pinhole image's silhouette
+    lm = model.landmark_projector(n_id=model.n_id).project(verts[None], poses[None], camera=camera).uv[0]
     gt = verts[None]
     errors = {}
     for dist in (None, 350.0):

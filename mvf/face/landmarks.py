@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from renderer.camera import project, view_directions
+from renderer.camera import Pinhole, project, view_directions
 from renderer.rotations import euler_to_matrix
 from mvf.face.contour import N_JAW, build_contour_lines
 from mvf.face.detector_error import DetectorErrorModel
@@ -245,20 +245,28 @@ class LandmarkProjector:
         return verts if self._is_compact(verts) else verts.index_select(-2, self.vertex_ids)
 
     @torch.no_grad()
-    def select(self, verts: Tensor, poses: Tensor) -> LandmarkChoice:
+    def select(self, verts: Tensor, poses: Tensor, camera: Pinhole | None = None) -> LandmarkChoice:
         """Each point's triangle, barycentrics and weight per view (the discrete choice).
 
-        Args: verts ``(B, N, 3)`` or ``(B, M, 3)`` mm; poses ``(B, V, 6)`` (only rotations matter).
+        Args: verts ``(B, N, 3)`` or ``(B, M, 3)`` mm; poses ``(B, V, 6)`` (only rotations matter);
+        ``camera``: a `Pinhole` the views are seen through (the facing test and the contour search
+        run on each view's pre-warped mesh, `Pinhole.view_verts`, so the jawline follows the
+        pinhole silhouette), None for the weak-perspective camera.
         """
         vc = self.compact(verts.detach())
         poses = poses.detach()
         b, v = poses.shape[:2]
+        m = vc.shape[1]
+        per_view = vc[:, None].expand(b, v, m, 3)
+        if camera is not None:
+            per_view = camera.view_verts(per_view, poses)
+        flat_v = per_view.reshape(b * v, m, 3)  # one mesh per view
         bins = torch.bucketize(poses[..., 2].contiguous(), self.yaw_edges)  # (B, V) yaw bin of each view
         tri = self.bin_tri[bins].clone()  # (B, V, K, 3)
         bary = self.bin_bary[bins].clone()
         weight = self.bin_weights[bins].clone()
         if self.min_facing >= -1.0:
-            corners = torch.gather(vc, 1, tri.reshape(b, -1, 1).expand(-1, -1, 3)).reshape(*tri.shape, 3)
+            corners = torch.gather(flat_v, 1, tri.reshape(b * v, -1, 1).expand(-1, -1, 3)).reshape(*tri.shape, 3)
             normal = torch.nn.functional.normalize(torch.cross(
                 corners[..., 1, :] - corners[..., 0, :], corners[..., 2, :] - corners[..., 0, :], dim=-1), dim=-1)
             facing = (normal * view_directions(poses)[:, :, None]).sum(-1)  # (B, V, K)
@@ -266,14 +274,11 @@ class LandmarkProjector:
         moved = torch.zeros(b, v, self.n_points, dtype=torch.bool, device=vc.device)
         if self.contour_rows.numel():
             rows = self.contour_rows
-            m = vc.shape[1]
-            normals = vertex_normals(vc, self.around)
-            flat_v = vc[:, None].expand(b, v, m, 3).reshape(b * v, m, 3)
-            flat_n = normals[:, None].expand(b, v, m, 3).reshape(b * v, m, 3)
+            flat_n = vertex_normals(flat_v, self.around)
             own = None
             if not bool(self.own_in_line.all()):
-                ids = tri[:, :, rows].reshape(b, -1)
-                own = (torch.gather(vc, 1, ids[..., None].expand(-1, -1, 3)).reshape(b * v, rows.numel(), 3, 3)
+                ids = tri[:, :, rows].reshape(b * v, -1)
+                own = (torch.gather(flat_v, 1, ids[..., None].expand(-1, -1, 3)).reshape(b * v, rows.numel(), 3, 3)
                        * bary[:, :, rows].reshape(b * v, -1, 3)[..., None]).sum(-2)
             best, mv = rim_search(flat_v, flat_n, poses.reshape(b * v, 6), self.lines, self.side,
                                   self.own_pos, self.own_in_line, own)
@@ -292,11 +297,16 @@ class LandmarkProjector:
         corners = torch.gather(verts, 1, ids.reshape(b, -1, 1).expand(-1, -1, 3)).reshape(b, v, k, 3, 3)
         return (corners * choice.bary[..., None]).sum(-2)
 
-    def project(self, verts: Tensor, poses: Tensor, choice: LandmarkChoice | None = None) -> ProjectedLandmarks:
+    def project(self, verts: Tensor, poses: Tensor, choice: LandmarkChoice | None = None,
+                camera: Pinhole | None = None) -> ProjectedLandmarks:
         """2D landmarks of ``(B, N | M, 3)`` mm vertices in views ``(B, V, 6)``, with weights and
-        the chosen triangles (``choice``: reuse an earlier `select`; default: select now)."""
-        choice = self.select(verts, poses) if choice is None else choice
-        uv = project(self.points(verts, choice), poses)
+        the chosen triangles (``choice``: reuse an earlier `select`; default: select now), through
+        ``camera`` (a `Pinhole`; None: weak perspective)."""
+        choice = self.select(verts, poses, camera) if choice is None else choice
+        pts = self.points(verts, choice)
+        if camera is not None:
+            pts = camera.view_verts(pts, poses)
+        uv = project(pts, poses)
         return ProjectedLandmarks(uv, choice.weight, self.vertex_ids[choice.tri], choice.bary, choice.on_silhouette)
 
     def __call__(self, verts: Tensor, poses: Tensor) -> Tensor:

@@ -286,7 +286,7 @@ class _Problem:
         contour search) and the landmark weights."""
         id_c, exp_c, poses = self.split(theta.detach().float())
         verts = self.compact.decode(id_c[None], exp_c[None])
-        choice = self.compact.select(verts, poses[None])
+        choice = self.compact.select(verts, poses[None], self.camera)
         tri, bary = choice.tri[0], choice.bary[0]  # (V, K, 3)
         k = self.n_id
         basis = torch.cat([self.compact.id_basis[:k], self.compact.exp_basis]).reshape(
@@ -618,11 +618,7 @@ def fitted_landmarks(model, result: FitResult, contour: bool = True) -> Tensor:
     compact = LandmarkProjector(model, model.landmark_set(contour), result.id.numel())
     with torch.no_grad():
         verts = compact.decode(result.id[None], result.exp[None])
-        poses = result.poses[None]
-        points = compact.points(verts, compact.select(verts, poses))  # (1, V, 68, 3)
-        if result.camera is not None:
-            points = result.camera.view_verts(points, poses)
-        return project(points, poses)[0]
+        return compact.project(verts, result.poses[None], camera=result.camera).uv[0]
 
 
 def landmark_error_px(model, result: FitResult, landmarks: Tensor, visible: Tensor | None = None,
