@@ -133,17 +133,18 @@ def view_panels(
 
     Args:
         images: ``(V, 3, H, W)`` float in [0, 1], one subject's views.
-        verts: ``(Nv, 3)`` model-space mm. faces: ``(F, 3)``. poses: ``(V, 6)``.
-        view_names: names used in the titles.
+        verts: ``(Nv, 3)`` model-space mm, or ``(V, Nv, 3)`` one mesh per view (a pinhole
+            camera's pre-warped meshes, `renderer.camera.view_meshes`). faces: ``(F, 3)``.
+            poses: ``(V, 6)``. view_names: names used in the titles.
     Returns:
         For each view, a list of ``(title, (H, W, 3) float image)``.
     """
     v, _, h, w = images.shape
     names = list(view_names)[:v] + [f"view{i}" for i in range(len(view_names), v)]
     pairs = all_pairs(v)
-    geometry = warp_geometry(verts[None], faces, poses[None], (h, w), pairs, backend=backend, tol_mm=tol_mm)
+    verts_v = verts if verts.dim() == 3 else verts[None].expand(v, -1, -1)
+    geometry = warp_geometry(verts_v[None], faces, poses[None], (h, w), pairs, backend=backend, tol_mm=tol_mm)
     warped, valid = sample_pairs(images[None], geometry)
-    verts_v = verts[None].expand(v, -1, -1)
     proj = project_with_depth(verts_v, poses)
     fragments = fragments_from_pix_to_face(geometry.pix_to_face, proj, faces.to(verts.device).long())
     grey = torch.full_like(verts_v, 0.75)

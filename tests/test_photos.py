@@ -206,3 +206,33 @@ def test_sideways_phone_photo_is_detected_upright(photos, tmp_path):
     b = detect_views({"front": tmp_path / "front.jpg"}, 224)
     assert b.photos[0].shape == a.photos[0].shape
     assert np.linalg.norm(b.photo_landmarks[0] - a.photo_landmarks[0], axis=-1).mean() < 1.0
+
+
+def test_overlay_draws_a_pinhole_fit_through_its_camera(model, views):
+    """A fit through a close pinhole camera is drawn through it: the overlay's mesh panel covers
+    the pinhole image of the mesh, not its weak-perspective image."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from mvf.recon.crop import CropTransform
+    from mvf.recon.fit import face_camera
+    from mvf.recon.outputs import overlay
+    from mvf.recon.pipeline import Reconstruction
+    from renderer import pixel_mask, rasterize
+
+    size = 256
+    photo = np.zeros((size, size, 3), np.uint8)
+    verts = model.mean
+    pose = torch.tensor([0.9, 0.1, 0.6, 0.0, 128.0, 120.0])
+    camera = face_camera(model, 250.0)
+    lm = project(model.landmarks_3d(verts)[None], pose[None])[0]
+    one = replace(views, names=("left",), photos=[photo], transforms=[CropTransform.identity(size)],
+                  landmarks=lm[None], visible=torch.ones(1, 68), photo_landmarks=[lm.numpy()])
+    texture = SimpleNamespace(weights=torch.ones(1, model.n_verts))
+    rec = Reconstruction(one, model, torch.zeros(model.n_id), torch.zeros(model.n_exp), pose[None], verts,
+                         lm[None], texture, fit=SimpleNamespace(camera=camera))
+    drawn = overlay(rec, 0)[:, :size].mean(-1) > 0.02  # the mesh panel over a black photo
+    masks = {name: pixel_mask(rasterize(v[None], model.faces, pose[None], (size, size)))[0].numpy()
+             for name, v in (("pinhole", camera.view_verts(verts, pose)), ("weak", verts))}
+    iou = {k: (drawn & m).sum() / (drawn | m).sum() for k, m in masks.items()}
+    assert iou["pinhole"] > 0.97 and iou["weak"] < iou["pinhole"] - 0.05, iou

@@ -15,9 +15,10 @@ from mvf.face.params import load_params
 from mvf.fileio import prepare_output_dir, write_image, write_json
 from mvf.losses.flow import build_flow
 from mvf.losses.selfsup import inner_face_region
+from mvf.recon.fit import face_camera
 from mvf.recon.views import FRAMED_MAX_SIDE, gather_views, read_view_image, same_view_warnings
 from mvf.train.selfsup_stage import cross_view_sheets
-from renderer.camera import make_pose
+from renderer.camera import make_pose, view_meshes
 from renderer.shading import render
 from renderer.textures import smooth_random_colours
 from renderer.views import VIEWS
@@ -51,18 +52,24 @@ def add_parser(sub) -> None:
 
 
 # ----------------------------------------------------------------------------- params
-def read_params(path: str | Path, model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read a params JSON (`mvf.face.params`): ``(id (k_id,), exp (k_exp,), poses (3, 6))``.
+def read_params(path: str | Path, model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Read a params JSON (`mvf.face.params`): ``(id (k_id,), exp (k_exp,), poses (3, 6),
+    camera_distance_mm)``, the last the pinhole camera `mvf reconstruct` / `mvf fit` fitted through
+    (0 when absent or null: weak perspective).
 
-    Extra keys (e.g. those `mvf reconstruct` and `mvf fit` add) are ignored; the three poses are
-    required. `MvfError` naming the file on bad input.
+    Other extra keys are ignored; the three poses are required. `MvfError` naming the file on bad input.
     """
     params = load_params(path, model)
     missing = [v for v in VIEWS if v not in params.pose]
     if missing:
         raise file_error(path, f"'pose' lacks view '{missing[0]}' (need {', '.join(VIEWS)})")
     poses = params.poses(VIEWS)
-    return torch.from_numpy(params.id), torch.from_numpy(params.exp), poses
+    distance = params.extra.get("camera_distance_mm") or 0.0
+    if not isinstance(distance, (int, float)) or isinstance(distance, bool) or not (
+            distance == 0 or 200.0 <= distance <= 100000.0):
+        raise file_error(path, f"'camera_distance_mm' must be null, 0 or a distance in [200, 100000] mm, "
+                               f"got {distance!r}")
+    return torch.from_numpy(params.id), torch.from_numpy(params.exp), poses, float(distance)
 
 
 def _load_images(folder: str | Path, size: int | None) -> tuple[torch.Tensor, float]:
@@ -134,14 +141,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.params or not args.images:
             raise MvfError("give --params P.json and --images DIR (or --random)")
-        ids, exp, poses = read_params(args.params, model)
+        ids, exp, poses, distance = read_params(args.params, model)
         images, scale = _load_images(args.images, args.size)
         poses[:, 0] *= scale
         poses[:, 4:] *= scale
         # pad to the model's sizes (shorter lists mean zeros for the remaining modes)
         ids = torch.cat([ids, torch.zeros(model.n_id - ids.numel())])
         exp = torch.cat([exp, torch.zeros(model.n_exp - exp.numel())])
-        verts = model.decode(ids[None], exp[None])[0]
+        # drawn through the fit's camera: one pre-warped mesh per view for a pinhole fit
+        verts = view_meshes(model.decode(ids[None], exp[None])[0], poses, face_camera(model, distance))
     region = inner_face_region(model) if args.region == "inner_face" else None
     flow_net = None if args.no_flow else build_flow()
     sheets = cross_view_sheets(images, verts, model.faces, poses, VIEWS, flow_net=flow_net, region=region,

@@ -474,6 +474,15 @@ def solve_landmarks(problem: _Problem, theta: Tensor, iterations: int, tol: floa
     return theta
 
 
+def face_camera(model, distance_mm: float | None) -> Pinhole | None:
+    """The pinhole camera fits look through: ``distance_mm`` from the mean face's landmark centre
+    (a pose's ``f`` is the magnification there); None for 0 / None (weak perspective). Whatever
+    redraws a fit (overlays, `mvf visualize`) rebuilds it from the distance alone."""
+    if not distance_mm:
+        return None
+    return Pinhole(float(distance_mm), tuple(float(x) for x in model.landmarks_3d(model.mean).mean(0).tolist()))
+
+
 def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
         cfg: FitConfig | None = None, init: dict | None = None, backend: str = "auto",
         progress: bool = False, landmark_set: LandmarkSet | None = None) -> FitResult:
@@ -517,10 +526,7 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
         pose0 = init_poses_from_landmarks(model.landmarks_3d(model.mean), landmarks, vis).to(dev)
     step = torch.tensor(cfg.pose_step, device=dev, dtype=torch.float32)
     step = torch.cat([step[:1] * pose0[:, :1].mean(), step[1:]])  # f step relative to f
-    camera = None
-    if cfg.camera_distance_mm:  # centred on the mean face's landmarks
-        camera = Pinhole(float(cfg.camera_distance_mm),
-                         tuple(float(x) for x in model.landmarks_3d(model.mean).mean(0).tolist()))
+    camera = face_camera(model, cfg.camera_distance_mm)
     problem = _Problem(compact, landmarks, vis, pose0, step, n_exp, cfg, camera,
                        None if landmark_set is None else landmark_set.error_model)
     if init is not None:

@@ -67,7 +67,9 @@ def overlay(rec: Reconstruction, index: int, backend: str = "auto",
         marks.append((views.photo_landmarks[index][seen] * scale, DETECTED_RGB))
     model_lm = tf.to_full(rec.landmarks[index].detach().cpu().numpy().astype(np.float64))
     marks.append((model_lm * scale, MODEL_RGB))
-    return overlay_sheet(base.astype(np.float32) / 255.0, rec.verts, face.faces, vertex_normals(rec.verts, face.faces),
+    camera = None if rec.fit is None else rec.fit.camera
+    drawn = rec.verts if camera is None else camera.view_verts(rec.verts, pose)  # the fit's camera
+    return overlay_sheet(base.astype(np.float32) / 255.0, drawn, face.faces, vertex_normals(rec.verts, face.faces),
                          pose, rec.texture.weights[index], marks, backend)
 
 

@@ -202,7 +202,8 @@ def cross_view_sheets(images: Tensor, verts: Tensor, faces: Tensor, poses: Tenso
                       backend: str = "auto") -> list[np.ndarray]:
     """`renderer.pictures.view_sheets` of one subject plus `cross_view_panels`.
 
-    images ``(V, 3, H, W)`` in [0, 1]; verts ``(N, 3)`` mm; faces ``(F, 3)``; poses ``(V, 6)``.
+    images ``(V, 3, H, W)`` in [0, 1]; verts ``(N, 3)`` mm, or ``(V, N, 3)`` one mesh per view (a
+    pinhole camera's, `renderer.camera.view_meshes`); faces ``(F, 3)``; poses ``(V, 6)``.
     Returns one uint8 ``(rows, cols, 3)`` sheet per view.
     """
     res = cross_view_losses(images[None], verts[None], faces, poses[None], cfg or CrossViewConfig(),
