@@ -100,7 +100,7 @@ class FitConfig:
     contour_every: int = 5
     photo_steps: int | None = None
     photo_lr: float = 0.05
-    photo_size: int = 112
+    photo_size: int = 160
     photo_pairs: str = "all"
     photo_region: str = "inner_face"
     w_landmark: float = 1.0
@@ -256,6 +256,9 @@ class _Problem:
         self.exp_linear = torch.zeros(self.size, device=dev, dtype=torch.float64)
         self.exp_linear[self.n_id:self.n_id + n_exp] = cfg.w_exp_prior / max(n_exp, 1)
         self.centre: Tensor | None = None  # (n_id + n_exp,) the w_net_prior's centre
+        # id and exp bases per compact vertex, (M, 3, P), for `search`'s gathers along M
+        self.vertex_basis = torch.cat([compact.id_basis[:self.n_id], compact.exp_basis]).reshape(
+            self.n_id + n_exp, -1, 3).permute(1, 2, 0).contiguous()
 
     @property
     def size(self) -> int:
@@ -288,10 +291,8 @@ class _Problem:
         verts = self.compact.decode(id_c[None], exp_c[None])
         choice = self.compact.select(verts, poses[None], self.camera)
         tri, bary = choice.tri[0], choice.bary[0]  # (V, K, 3)
-        k = self.n_id
-        basis = torch.cat([self.compact.id_basis[:k], self.compact.exp_basis]).reshape(
-            k + self.n_exp, -1, 3)  # (P, M, 3)
-        self.sel_basis = (basis[:, tri] * bary[None, ..., None]).sum(-2).permute(1, 2, 3, 0)  # (V, K, 3, P)
+        corners = self.vertex_basis.index_select(0, tri.reshape(-1)).reshape(*tri.shape, 3, -1)  # (V, K, 3, 3, P)
+        self.sel_basis = (corners * bary[..., None, None]).sum(2)  # (V, K, 3, P)
         self.sel_mean = (self.compact.mean[tri] * bary[..., None]).sum(-2)  # (V, K, 3)
         w = self.base_weights * choice.weight[0]
         self.a = w / w.sum().clamp_min(1e-6)

@@ -72,9 +72,10 @@ class Reconstruction:
 # Fit settings for the calibrated mediapipe set (detected photos), chosen on the tuning set of
 # tools/bench_real.py (seed 1000; w_id_prior on its 40 subjects, 1.5-2 flat there, scan-lps
 # choosing 2: see README "Real photos"; a pinhole camera at 1 m, chosen on the tuning set rendered
-# at 1 m and 0.5 m and on scan-lps: README "The camera"); `calibrated_fit_config` applies them where a
+# at 1 m and 0.5 m and on scan-lps: README "The camera"; the cross-view phase's 30 steps at 160 px
+# (`FitConfig.photo_size`): README "The cross-view phase at 160 px"); `calibrated_fit_config` applies them where a
 # `FitConfig` leaves them unset.
-CALIBRATED_FIT_DEFAULTS = {"w_exp_prior": 4.0, "photo_steps": 20, "w_photo": 200.0, "w_id_prior": 2.0,
+CALIBRATED_FIT_DEFAULTS = {"w_exp_prior": 4.0, "photo_steps": 30, "w_photo": 200.0, "w_id_prior": 2.0,
                            "camera_distance_mm": 1000.0}
 
 
@@ -86,8 +87,9 @@ def calibrated_fit_config(cfg: FitConfig) -> FitConfig:
 # `mvf reconstruct --checkpoint` with a detector-input network: the regression followed by this fit,
 # chosen on the tuning set of tools/bench_real.py (see README "Real photos")
 # (tuning set, 512 px: 20 landmark steps 2.31 mm in 3.2 s; 40 steps 2.29 mm in 3.6 s; the fit from
-# the mean face 2.32 mm in 3.4 s)
-NETWORK_FIT_DEFAULTS = {"landmark_steps": 20, "photo_steps": 20}
+# the mean face 2.32 mm in 3.4 s; session 14, 40 subjects: 10 / 5 steps 3.001 / 3.010 against 2.924
+# for 20); the cross-view phase is the calibrated set's (`CALIBRATED_FIT_DEFAULTS`)
+NETWORK_FIT_DEFAULTS = {"landmark_steps": 20}
 
 
 def network_fit_config(network: LoadedModel, cfg: FitConfig, refine_steps: int | None) -> FitConfig | None:
