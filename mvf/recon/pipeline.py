@@ -87,7 +87,7 @@ def calibrated_fit_config(cfg: FitConfig) -> FitConfig:
 # `mvf reconstruct --checkpoint` with a detector-input network: the regression followed by this fit,
 # chosen on the tuning set of tools/bench_real.py (see README "Real photos")
 # (tuning set, 512 px: 20 landmark steps 2.31 mm in 3.2 s; 40 steps 2.29 mm in 3.6 s; the fit from
-# the mean face 2.32 mm in 3.4 s; session 14, 40 subjects: 10 / 5 steps 3.001 / 3.010 against 2.924
+# the mean face 2.32 mm in 3.4 s; session 14, 40 subjects, 112 px / 20 cross-view steps: 10 / 5 steps 3.001 / 3.010 against 2.924
 # for 20); the cross-view phase is the calibrated set's (`CALIBRATED_FIT_DEFAULTS`)
 NETWORK_FIT_DEFAULTS = {"landmark_steps": 20}
 
