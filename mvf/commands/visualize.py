@@ -15,7 +15,7 @@ from mvf.face.params import load_params
 from mvf.fileio import prepare_output_dir, write_image, write_json
 from mvf.losses.flow import build_flow
 from mvf.losses.selfsup import inner_face_region
-from mvf.recon.fit import face_camera
+from mvf.recon.fit import face_camera, valid_camera_distance
 from mvf.recon.views import FRAMED_MAX_SIDE, gather_views, read_view_image, same_view_warnings
 from mvf.train.selfsup_stage import cross_view_sheets
 from renderer.camera import make_pose, view_meshes
@@ -64,12 +64,11 @@ def read_params(path: str | Path, model) -> tuple[torch.Tensor, torch.Tensor, to
     if missing:
         raise file_error(path, f"'pose' lacks view '{missing[0]}' (need {', '.join(VIEWS)})")
     poses = params.poses(VIEWS)
-    distance = params.extra.get("camera_distance_mm") or 0.0
-    if not isinstance(distance, (int, float)) or isinstance(distance, bool) or not (
-            distance == 0 or 200.0 <= distance <= 100000.0):
+    distance = params.extra.get("camera_distance_mm")
+    if not valid_camera_distance(distance):
         raise file_error(path, f"'camera_distance_mm' must be null, 0 or a distance in [200, 100000] mm, "
                                f"got {distance!r}")
-    return torch.from_numpy(params.id), torch.from_numpy(params.exp), poses, float(distance)
+    return torch.from_numpy(params.id), torch.from_numpy(params.exp), poses, float(distance or 0.0)
 
 
 def _load_images(folder: str | Path, size: int | None) -> tuple[torch.Tensor, float]:

@@ -274,7 +274,10 @@ class LandmarkProjector:
         moved = torch.zeros(b, v, self.n_points, dtype=torch.bool, device=vc.device)
         if self.contour_rows.numel():
             rows = self.contour_rows
-            flat_n = vertex_normals(flat_v, self.around)
+            if camera is None:  # one mesh for all views: its normals once
+                flat_n = vertex_normals(vc, self.around)[:, None].expand(b, v, m, 3).reshape(b * v, m, 3)
+            else:
+                flat_n = vertex_normals(flat_v, self.around)
             own = None
             if not bool(self.own_in_line.all()):
                 ids = tri[:, :, rows].reshape(b * v, -1)

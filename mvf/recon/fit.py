@@ -47,6 +47,14 @@ class FitCrossViewConfig(CrossViewConfig):
     normalise: str = "affine"
 
 
+def valid_camera_distance(distance_mm) -> bool:
+    """A fit's ``camera_distance_mm``: None or 0 (weak perspective) or a number in [200, 100000] mm."""
+    if distance_mm is None:
+        return True
+    return (isinstance(distance_mm, (int, float)) and not isinstance(distance_mm, bool)
+            and (distance_mm == 0 or 200.0 <= distance_mm <= 100000.0))
+
+
 @dataclass
 class FitConfig:
     """Test-time fitting settings (``mvf fit --config``/``--set``; weights multiply losses).
@@ -131,7 +139,7 @@ class FitConfig:
             raise MvfError(f"config key 'photo_region': {self.photo_region!r} is not one of {list(REGIONS)}")
         if self.landmarks not in LANDMARK_CHOICES:
             raise MvfError(f"config key 'landmarks': {self.landmarks!r} is not one of {list(LANDMARK_CHOICES)}")
-        if self.camera_distance_mm not in (None, 0) and not 200.0 <= self.camera_distance_mm <= 100000.0:
+        if not valid_camera_distance(self.camera_distance_mm):
             raise MvfError(f"config key 'camera_distance_mm': must be in [200, 100000] mm, 0 (weak "
                            f"perspective) or null, got {self.camera_distance_mm}")
         if len(self.pose_step) != 6:
