@@ -247,10 +247,16 @@ def scan_lps(extra: list[str], out_dir: Path | None = None, extra_args: list[str
                "--left", str(SCAN / "left.png"), "--right", str(SCAN / "right.png"), "--out", str(rec),
                *(extra_args or [])]
         if extra:  # `mvf reconstruct` takes settings as a YAML file
-            lines = []
+            lines, nested = [], {}
             for kv in extra:
                 key, _, value = kv.partition("=")
-                lines.append(f"{key}: {value}")
+                section, dot, sub = key.partition(".")
+                if dot:  # cross_view.erode_px=1 -> a cross_view: section
+                    nested.setdefault(section, []).append(f"  {sub}: {value}")
+                else:
+                    lines.append(f"{key}: {value}")
+            for section, subs in nested.items():
+                lines += [f"{section}:", *subs]
             cfg_path = Path(tmp) / "fit.yaml"
             cfg_path.write_text("\n".join(lines) + "\n")
             cmd += ["--fit-config", str(cfg_path)]

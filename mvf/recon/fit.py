@@ -42,9 +42,11 @@ LANDMARK_CHOICES = ("auto", "calibrated", "ibug68")
 @dataclass
 class FitCrossViewConfig(CrossViewConfig):
     """`CrossViewConfig` for fitting photos: views are colour-matched ("affine") by default, since
-    real cameras and a head turning under fixed lights change exposure between views."""
+    real cameras and a head turning under fixed lights change exposure between views; no erosion
+    of the co-visible pixels (chosen on tools/bench_real.py's tuning set and scan-lps, session 15)."""
 
     normalise: str = "affine"
+    erode_px: int = 0
 
 
 def valid_camera_distance(distance_mm) -> bool:
@@ -107,7 +109,7 @@ class FitConfig:
     lm_delta_mm: float = 0.5
     contour_every: int = 5
     photo_steps: int | None = None
-    photo_lr: float = 0.05
+    photo_lr: float = 0.08
     photo_size: int = 160
     photo_pairs: str = "all"
     photo_region: str = "inner_face"
