@@ -44,12 +44,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mvf.align import aligned_rmse  # noqa: E402
-from mvf.config import load_config  # noqa: E402
+from mvf.config import apply_override, load_config  # noqa: E402
 from mvf.data.format import read_labels  # noqa: E402
 from mvf.errors import MvfError  # noqa: E402
 from mvf.face.landmarks import LandmarkProjector  # noqa: E402
@@ -247,18 +248,11 @@ def scan_lps(extra: list[str], out_dir: Path | None = None, extra_args: list[str
                "--left", str(SCAN / "left.png"), "--right", str(SCAN / "right.png"), "--out", str(rec),
                *(extra_args or [])]
         if extra:  # `mvf reconstruct` takes settings as a YAML file
-            lines, nested = [], {}
-            for kv in extra:
-                key, _, value = kv.partition("=")
-                section, dot, sub = key.partition(".")
-                if dot:  # cross_view.erode_px=1 -> a cross_view: section
-                    nested.setdefault(section, []).append(f"  {sub}: {value}")
-                else:
-                    lines.append(f"{key}: {value}")
-            for section, subs in nested.items():
-                lines += [f"{section}:", *subs]
+            settings: dict = {}
+            for kv in extra:  # dotted keys (cross_view.erode_px=0) become YAML sections
+                apply_override(settings, kv)
             cfg_path = Path(tmp) / "fit.yaml"
-            cfg_path.write_text("\n".join(lines) + "\n")
+            cfg_path.write_text(yaml.safe_dump(settings))
             cmd += ["--fit-config", str(cfg_path)]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
