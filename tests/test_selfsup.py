@@ -209,3 +209,27 @@ def test_direct_optimisation_with_photometric_flow_and_landmarks_halves_vertex_e
     # the poses moved back towards the truth
     angle_err = (result.poses[:, 1:4] - scene["poses"][:, 1:4]).abs().mean()
     assert angle_err < 0.6 * perturb[:, 1:4].abs().mean()
+
+
+def test_coarse_to_fine_cross_view_phase_runs_its_stages_and_recovers_a_face(model):
+    """``photo_coarse_steps`` at ``photo_coarse_size`` px run first, then ``photo_steps`` at
+    ``photo_size``, in one schedule (the history records each step's size); from the mean face and
+    perturbed poses the coarse-to-fine phase lowers the vertex RMSE more than the same number of
+    fine steps alone, with fewer pixels per step."""
+    scene = synthetic_views(model, 112, TRIPLET, seed=1)
+    g = torch.Generator().manual_seed(1)
+    perturb = torch.tensor([0.03, 0.04, 0.05, 0.04, 3.0, 3.0]) * torch.randn(3, 6, generator=g)
+    perturb[:, 0] *= scene["f"]
+    init = {"id": torch.zeros(10), "exp": torch.zeros(model.n_exp), "pose": scene["poses"] + perturb}
+    common = dict(n_id=10, landmark_steps=0, photo_lr=0.3, photo_size=112, photo_region="all", w_photo=100.0,
+                  w_id_prior=0.05)
+    before = float(aligned_rmse(model.mean[None], scene["verts"]))
+    errors = {}
+    for coarse in (0, 20):
+        cfg = FitConfig(photo_steps=40 - coarse, photo_coarse_steps=coarse, photo_coarse_size=56, **common)
+        result = fit(model, scene["images"], scene["landmarks"], None, cfg, init=init)
+        assert [h["px"] for h in result.history] == [56] * coarse + [112] * (40 - coarse)
+        errors[coarse] = float(aligned_rmse(model.decode(result.id[None], result.exp[None]), scene["verts"]))
+    # seen: 5.20 mm before, 3.54 after 40 fine steps, 3.25 after 20 coarse + 20 fine
+    assert errors[20] <= 0.65 * before, (before, errors)
+    assert errors[20] <= 0.95 * errors[0], errors

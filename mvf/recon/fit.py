@@ -69,7 +69,9 @@ class FitConfig:
         ``sqrt(d² + δ²) - δ`` (robust: ≈ d beyond δ).
     contour_every: cross-view steps between jawline contour searches (reused in between).
     photo_steps, photo_lr, photo_size: the cross-view phase (0 steps skips it), rendered at
-        ``photo_size`` px (the crops are downsampled, poses scaled); ``photo_pairs`` "all"
+        ``photo_size`` px (the crops are downsampled, poses scaled), after ``photo_coarse_steps``
+        at ``photo_coarse_size`` px (coarse to fine: the blurrier images' wider basin first, at
+        half the cost a step; one cosine schedule over both); ``photo_pairs`` "all"
         (six ordered pairs) or "front" (front <-> side views only: four pairs); ``photo_region``
         "inner_face" (`mvf.losses.selfsup.inner_face_region`: no scalp, ears, neck, which hair and
         clothes cover in photos) or "all" triangles.
@@ -97,10 +99,10 @@ class FitConfig:
         (required) or "ibug68". Landmark files (68 points) always use the iBUG-68 set.
     cross_view, flow: loss and flow-estimator settings of the cross-view phase.
 
-    ``landmark_steps``, ``photo_steps``, ``w_photo``, ``w_exp_prior``, ``w_id_prior`` and
-    ``camera_distance_mm`` left unset (None) take the landmark profile's tuned value (`with_defaults`:
-    the calibrated set's, a network start's), else `GENERIC_DEFAULTS` (40, 0, 100, 0.5, 0.5, 0); a
-    value set explicitly is always kept.
+    ``landmark_steps``, ``photo_steps``, ``photo_coarse_steps``, ``w_photo``, ``w_exp_prior``,
+    ``w_id_prior`` and ``camera_distance_mm`` left unset (None) take the landmark profile's tuned
+    value (`with_defaults`: the calibrated set's, a network start's), else `GENERIC_DEFAULTS` (40,
+    0, 0, 100, 0.5, 0.5, 0); a value set explicitly is always kept.
     """
 
     n_id: int = 60
@@ -111,6 +113,8 @@ class FitConfig:
     photo_steps: int | None = None
     photo_lr: float = 0.08
     photo_size: int = 160
+    photo_coarse_steps: int | None = None
+    photo_coarse_size: int = 112
     photo_pairs: str = "all"
     photo_region: str = "inner_face"
     w_landmark: float = 1.0
@@ -130,11 +134,12 @@ class FitConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
 
     def __post_init__(self) -> None:
-        for key in ("n_id", "landmark_steps", "photo_steps", "error_rank"):
+        for key in ("n_id", "landmark_steps", "photo_steps", "photo_coarse_steps", "error_rank"):
             if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise MvfError(f"config key '{key}': must be >= 0, got {getattr(self, key)}")
-        if self.photo_size < 32:
-            raise MvfError(f"config key 'photo_size': must be >= 32 px, got {self.photo_size}")
+        for key in ("photo_size", "photo_coarse_size"):
+            if getattr(self, key) < 32:
+                raise MvfError(f"config key '{key}': must be >= 32 px, got {getattr(self, key)}")
         if self.photo_pairs not in PAIR_SETS:
             raise MvfError(f"config key 'photo_pairs': {self.photo_pairs!r} is not one of {list(PAIR_SETS)}")
         if self.photo_region not in REGIONS:
@@ -150,7 +155,7 @@ class FitConfig:
 
 # The settings a landmark profile tunes (the calibrated set's, a network's start): None in a
 # `FitConfig` means "the profile's value", else these (`resolved`).
-GENERIC_DEFAULTS = {"landmark_steps": 40, "photo_steps": 0, "w_photo": 100.0, "w_exp_prior": 0.5, "w_id_prior": 0.5,
+GENERIC_DEFAULTS = {"landmark_steps": 40, "photo_steps": 0, "photo_coarse_steps": 0, "w_photo": 100.0, "w_exp_prior": 0.5, "w_id_prior": 0.5,
                     "camera_distance_mm": 0.0}
 
 
@@ -586,12 +591,15 @@ class TensorAdam:
 
 def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, cfg: FitConfig,
                       backend: str, history: list[dict], progress: bool) -> Tensor:
-    """Adam on landmarks + priors + photometric/flow losses at ``photo_size`` px."""
+    """Adam on landmarks + priors + photometric/flow losses: ``photo_coarse_steps`` at
+    ``photo_coarse_size`` px, then ``photo_steps`` at ``photo_size`` px (one cosine schedule)."""
     dev = theta.device
     size = images.shape[-1]
-    factor = cfg.photo_size / size
-    small = images if cfg.photo_size == size else tnf.interpolate(
-        images, size=(cfg.photo_size, cfg.photo_size), mode="bilinear", align_corners=False, antialias=True)
+    stages = [(cfg.photo_coarse_size, cfg.photo_coarse_steps)] if cfg.photo_coarse_steps > 0 else []
+    stages.append((cfg.photo_size, cfg.photo_steps))
+    schedule = [px for px, steps in stages for _ in range(steps)]
+    smalls = {px: images if px == size else tnf.interpolate(
+        images, size=(px, px), mode="bilinear", align_corners=False, antialias=True) for px, _ in stages}
     flow_net = build_flow(cfg.flow).to(dev) if cfg.w_flow > 0 else None
     pairs = _view_pairs(problem.n_views, cfg.photo_pairs)
     region = inner_face_region(model) if cfg.photo_region == "inner_face" else None
@@ -601,9 +609,9 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.photo_steps, desc="cross-view fit", unit="step", leave=False, disable=None)
-    for it in range(cfg.photo_steps):
-        opt.lr = cfg.photo_lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * it / cfg.photo_steps)))  # cosine to 10 %
+        bar = tqdm(total=len(schedule), desc="cross-view fit", unit="step", leave=False, disable=None)
+    for it, px in enumerate(schedule):
+        opt.lr = cfg.photo_lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * it / len(schedule))))  # cosine to 10 %
         if it % max(1, cfg.contour_every) == 0:
             problem.search(param.detach())
         loss_lm = problem.objective(param)
@@ -611,7 +619,7 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
         verts = model.decode(id_c[None], exp_c[None])  # (1, N, 3); per view (1, V, N, 3) for a pinhole
         if problem.camera is not None:
             verts = view_meshes(verts[0], poses, problem.camera)[None]
-        res = cross_view_losses(small[None], verts, model.faces, scale_poses(poses, factor)[None],
+        res = cross_view_losses(smalls[px][None], verts, model.faces, scale_poses(poses, px / size)[None],
                                 cfg.cross_view, flow_net=flow_net, pairs=pairs, backend=backend,
                                 region=region)
         loss = cfg.w_landmark * loss_lm + cfg.w_photo * res.photometric + cfg.w_flow * res.flow
@@ -619,7 +627,7 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
         opt.step()
         with torch.no_grad():
             param.copy_(problem.clamp(param))
-        history.append({"step": len(history), "phase": "cross_view", "loss": float(loss.detach()),
+        history.append({"step": len(history), "phase": "cross_view", "px": px, "loss": float(loss.detach()),
                         "landmark_objective": float(loss_lm.detach()),
                         "photometric": float(res.photometric.detach()), "flow": float(res.flow.detach())})
         if bar is not None:

@@ -76,8 +76,8 @@ class Reconstruction:
 # (`FitConfig.photo_size`): README "The cross-view phase at 160 px"; w_photo 300 with `FitConfig.photo_lr`
 # 0.08: README "The cross-view phase's step and weight"); `calibrated_fit_config` applies them where a
 # `FitConfig` leaves them unset.
-CALIBRATED_FIT_DEFAULTS = {"w_exp_prior": 4.0, "photo_steps": 30, "w_photo": 300.0, "w_id_prior": 2.0,
-                           "camera_distance_mm": 1000.0}
+CALIBRATED_FIT_DEFAULTS = {"w_exp_prior": 4.0, "photo_steps": 30, "photo_coarse_steps": 30, "w_photo": 300.0,
+                           "w_id_prior": 2.0, "camera_distance_mm": 1000.0}
 
 
 def calibrated_fit_config(cfg: FitConfig) -> FitConfig:
