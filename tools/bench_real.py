@@ -14,7 +14,10 @@
    iBUG-68 table. Per set: mean-face RMSE, 3-view and front-only fit RMSE (mm, face region,
    rigid alignment, as training validation), detected-vs-true 68-point error (px in the images),
    seconds per fit. ``--exact-points`` fits the calibrated points projected from the true faces
-   instead of the detections (the fit without the detector's error).
+   instead of the detections (the fit without the detector's error). ``--from-truth`` starts
+   the 3-view fit at the true face and poses (mapped into the crops; all identity modes): where
+   the fit's objective, not its start, puts the face (with ``--set landmark_steps=0``: the
+   cross-view phase's own pull; ``--set photo_steps=0``: the landmark phase's).
    With ``--checkpoint`` (a network; ``model.geometry_input: detector`` networks read the detected
    points mapped into their crops, as `mvf reconstruct --checkpoint` feeds them) also the network
    paths: ``net`` the regression alone (3 views; network seconds per triplet), ``net_fit`` the
@@ -126,6 +129,7 @@ class Subject:
     raw: torch.Tensor
     gt: torch.Tensor
     det_err_px: float
+    truth: dict  # the true {"id", "exp", "pose" (3, 6) crop px}, a fit's start for --from-truth
 
 
 def prepare(model, d: Path, raw: np.ndarray, exact: LandmarkProjector | None = None) -> Subject | None:
@@ -142,19 +146,22 @@ def prepare(model, d: Path, raw: np.ndarray, exact: LandmarkProjector | None = N
         uv = exact.project(gt, torch.from_numpy(labels["pose"]).float()[None]).uv[0]
         raw = raw.copy()
         raw[:, exact.lset.source_index.numpy(), :2] = uv.numpy()
-    crops, lm68, vis68, raws, errs = [], [], [], [], []
+    crops, lm68, vis68, raws, errs, poses = [], [], [], [], [], []
     for v, name in enumerate(VIEWS):
         img = read_image(d / f"{name}.png")
         lm = landmarks_from_raw478(raw[v], img.shape[:2])
         cimg, tf = crop_image(img, lm.points, out_size=CROP)
+        poses.append(tf.pose_to_crop(labels["pose"][v]))
         crops.append(torch.from_numpy(np.array(cimg)).permute(2, 0, 1).float() / 255.0)
         lm68.append(torch.from_numpy(np.asarray(tf.to_crop(lm.points), np.float32)))
         vis68.append(torch.from_numpy(lm.visible.astype(np.float32)))
         raws.append(torch.from_numpy(np.asarray(tf.to_crop(raw[v][:, :2]), np.float32)))
         tv = labels["landmark_visible"][v].astype(bool)
         errs.append(np.linalg.norm(lm.points - labels["landmarks"][v], axis=1)[tv])
+    truth = {"id": torch.from_numpy(labels["id"]).float(), "exp": torch.from_numpy(labels["exp"]).float(),
+             "pose": torch.from_numpy(np.stack(poses)).float()}
     return Subject(d.name, torch.stack(crops), torch.stack(lm68), torch.stack(vis68), torch.stack(raws), gt[0],
-                   float(np.concatenate(errs).mean()))
+                   float(np.concatenate(errs).mean()), truth)
 
 
 def subject_views(s: Subject, views: tuple[int, ...], with_points: bool = True) -> Views:
@@ -197,7 +204,7 @@ def takes_any_views(network) -> bool:
 
 
 def run_set(model, subjects: list[Subject], cfg, lset, region, front_only: bool = True,
-            network=None, front_network=None, mean_fit: bool = True) -> dict:
+            network=None, front_network=None, mean_fit: bool = True, from_truth: bool = False) -> dict:
     """Per-subject RMSEs (mean face, 3 views, front only, network paths), detection error, seconds."""
 
     rows = {"mean_face": [], "three_views": [], "front_only": [], "det_px": [], "fit_s": [],
@@ -211,7 +218,7 @@ def run_set(model, subjects: list[Subject], cfg, lset, region, front_only: bool 
         rows["mean_face"].append(float(aligned_rmse(model.mean[None], s.gt[None], region)[0]))
         rows["det_px"].append(s.det_err_px)
         if mean_fit:
-            v3, secs = fit_subject(model, s, cfg, lset, (0, 1, 2))
+            v3, secs = fit_subject(model, s, cfg, lset, (0, 1, 2), init=s.truth if from_truth else None)
             rows["three_views"].append(rmse(v3))
             rows["fit_s"].append(secs)
             if front_only:
@@ -288,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scan-args", default="", help="extra `mvf reconstruct` arguments for scan-lps")
     ap.add_argument("--exact-points", action="store_true",
                     help="fit the calibrated points projected from the true faces instead of mediapipe's")
+    ap.add_argument("--from-truth", action="store_true",
+                    help="start the 3-view fit at the true face and poses (with --set n_id=100: all modes)")
     ap.add_argument("--camera-distance", type=float, default=0.0, metavar="MM",
                     help="render the sets with a pinhole camera this far from the face (sets *_dMM; "
                          "default 0: weak perspective, the model's camera)")
@@ -318,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             for lm_kind in args.landmarks:
                 lset = calibrated if lm_kind == "calibrated" else None
                 res = run_set(model, subjects, cfg, lset, region, not args.no_front_only, network,
-                              front_network, not args.no_fit)
+                              front_network, not args.no_fit, args.from_truth)
                 res["detect_s_per_image"] = det["seconds"]
                 res["skipped"] = len(dirs) - len(subjects)
                 report["sets"][f"{name}{size}{suffix}/{lm_kind}"] = res
