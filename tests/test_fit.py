@@ -306,6 +306,8 @@ def test_mvf_fit_on_the_real_triplet(tmp_path, capsys):
     assert params["detector_error_rank"] == FitConfig().error_rank  # ...and its detector error model
     assert "landmark reprojection error" in stdout
     assert set(params["pose"]) == {"front", "left", "right"} and len(params["id"]) == 60
+    # the camera distance starts at 1 m and is fitted by the cross-view phase (fit_distance)
+    assert 200.0 <= params["camera_distance_mm"] <= 100000.0 and params["camera_distance_mm"] != 1000.0
     # yaw signs follow the conventions: left view negative, right view positive
     assert params["pose"]["left"][2] < -0.2 < 0.2 < params["pose"]["right"][2]
     from mvf.recon.crop import CropTransform
@@ -326,6 +328,17 @@ def test_mvf_fit_on_the_real_triplet(tmp_path, capsys):
     assert ply.colours is not None and np.allclose(ply.vertices, mesh.vertices, atol=1e-4)
     timing = json.loads((out / "timing.json").read_text())
     assert {"detect_crop", "fit_landmarks", "texture", "export", "overlays"} <= set(timing)
+
+
+@needs_triplet
+def test_a_known_camera_distance_is_kept(tmp_path, capsys):
+    """``mvf reconstruct --camera-distance`` names the distance: the fit looks through that camera
+    and does not fit it (``fit_distance`` off unless a fit config turns it on)."""
+    out = tmp_path / "rec"
+    code, _, _ = run_cli(["reconstruct", "--images", str(TRIPLET), "--camera-distance", "700", "--out", str(out)],
+                         capsys)
+    assert code == 0
+    assert json.loads((out / "params.json").read_text())["camera_distance_mm"] == 700.0
 
 
 @needs_triplet

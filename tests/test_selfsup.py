@@ -2,6 +2,8 @@
 self-occlusion, colour matching, the face region, and direct optimisation with the losses."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -233,3 +235,40 @@ def test_coarse_to_fine_cross_view_phase_runs_its_stages_and_recovers_a_face(mod
     # seen: 5.20 mm before, 3.54 after 40 fine steps, 3.25 after 20 coarse + 20 fine
     assert errors[20] <= 0.65 * before, (before, errors)
     assert errors[20] <= 0.95 * errors[0], errors
+
+
+def _pinhole_views(model, size: int, distance_mm: float, seed: int = 0) -> dict:
+    """`synthetic_views`' face and poses, rendered through a pinhole camera ``distance_mm`` from
+    the landmarks' centre (one pre-warped mesh per view)."""
+    from renderer.camera import Pinhole
+
+    scene = synthetic_views(model, size, TRIPLET, seed=seed)
+    camera = Pinhole(distance_mm, tuple(model.landmarks_3d(model.mean).mean(0).tolist()))
+    meshes = camera.view_verts(scene["verts"].expand(len(TRIPLET), -1, -1), scene["poses"])
+    g = torch.Generator().manual_seed(seed)
+    albedo = smooth_random_colours(scene["verts"][0], g, wavelength_mm=20.0, waves=8)
+    rgba = render(meshes, model.faces, albedo[None].expand(len(TRIPLET), -1, -1), scene["poses"], (size, size),
+                  lights=Lights(), background=(0.3, 0.3, 0.3))
+    scene["images"] = rgba[..., :3].permute(0, 3, 1, 2).contiguous()
+    return scene
+
+
+@pytest.mark.parametrize("true_mm", [400.0, None])
+def test_cross_view_phase_fits_the_camera_distance(model, true_mm):
+    """``fit_distance``: from the true face and poses and a camera assumed 1 m away, the
+    cross-view phase moves the camera's distance towards the one the views were rendered with
+    (400 mm, or weak perspective: infinitely far), and the result carries it."""
+    scene = _pinhole_views(model, 112, true_mm) if true_mm else synthetic_views(model, 112, TRIPLET, seed=0)
+    init = {"id": scene["id"][0, :10], "exp": torch.zeros(model.n_exp), "pose": scene["poses"]}
+    cfg = FitConfig(n_id=10, landmark_steps=0, photo_steps=40, photo_lr=0.1, photo_size=112, photo_region="all",
+                    w_photo=100.0, w_landmark=0.0, camera_distance_mm=1000.0, fit_distance=True)
+    result = fit(model, scene["images"], scene["landmarks"], None, cfg, init=init)
+    distances = [h["camera_distance_mm"] for h in result.history]
+    assert distances[0] == 1000.0 and result.camera.distance_mm == pytest.approx(distances[-1], rel=0.05)
+    if true_mm:  # seen: 1000 -> 707, 540, 459, 440 ... 444 mm every 5 steps
+        assert result.camera.distance_mm < 700.0, distances[::5]
+    else:
+        assert result.camera.distance_mm > 2000.0, distances[::5]
+    fixed = fit(model, scene["images"], scene["landmarks"], None, dataclasses.replace(cfg, fit_distance=False),
+                init=init)
+    assert fixed.camera.distance_mm == 1000.0

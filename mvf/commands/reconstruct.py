@@ -50,10 +50,11 @@ def add_parser(sub) -> None:
                         "chosen on the tuning set of tools/bench_real.py")
     p.add_argument("--fit-config", metavar="YAML", help="fitting settings (mvf.recon.fit.FitConfig keys)")
     p.add_argument("--camera-distance", type=float, default=None, metavar="MM",
-                   help="the photos' camera distance (mm, 200-100000; 0: weak perspective): the fit "
-                        "looks through a pinhole camera there (FitConfig.camera_distance_mm); default: "
-                        "1000 for detected photos, weak perspective for landmark files. Needs a fit (no "
-                        "--checkpoint, or --refine-steps > 0)")
+                   help="the photos' camera distance (mm, 200-100000; 0: weak perspective), when known: "
+                        "the fit looks through a pinhole camera there (FitConfig.camera_distance_mm) and "
+                        "keeps it (fit_distance false unless the --fit-config sets it); default: 1000 for "
+                        "detected photos, refined by the cross-view phase (fit_distance), weak perspective "
+                        "for landmark files. Needs a fit (no --checkpoint, or --refine-steps > 0)")
     p.add_argument("--threads", type=int, default=default_threads(),
                    help="torch CPU threads (default: 2, or 1 on a one-core CPU; on the 2-core "
                         "reference CPU 2 threads cut the cross-view phase by ~25%% with the same result)")
@@ -86,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
             raise MvfError(f"--camera-distance {args.camera_distance:g}: only the fit uses a camera "
                            "distance (the network's camera is weak perspective); add --refine-steps N")
         try:
-            fit_cfg = dataclasses.replace(fit_cfg, camera_distance_mm=args.camera_distance)
+            known = {} if fit_cfg.fit_distance is not None else {"fit_distance": False}
+            fit_cfg = dataclasses.replace(fit_cfg, camera_distance_mm=args.camera_distance, **known)
         except MvfError as e:
             raise MvfError(f"--camera-distance {args.camera_distance:g}: {e}") from None
     t1 = time.perf_counter()

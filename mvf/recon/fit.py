@@ -49,12 +49,15 @@ class FitCrossViewConfig(CrossViewConfig):
     erode_px: int = 0
 
 
+MIN_DISTANCE_MM, MAX_DISTANCE_MM = 200.0, 100000.0
+
+
 def valid_camera_distance(distance_mm) -> bool:
     """A fit's ``camera_distance_mm``: None or 0 (weak perspective) or a number in [200, 100000] mm."""
     if distance_mm is None:
         return True
     return (isinstance(distance_mm, (int, float)) and not isinstance(distance_mm, bool)
-            and (distance_mm == 0 or 200.0 <= distance_mm <= 100000.0))
+            and (distance_mm == 0 or MIN_DISTANCE_MM <= distance_mm <= MAX_DISTANCE_MM))
 
 
 @dataclass
@@ -88,6 +91,11 @@ class FitConfig:
         (`renderer.camera.Pinhole`, centred on the face's landmarks) in the landmark and cross-view
         phases and the texture; 0: the weak-perspective camera of the paper and the network; None:
         the profile's (1000 for detected photos, else 0).
+    fit_distance: the cross-view phase also fits the pinhole camera's distance (as its inverse,
+        1000 / distance per mm, from ``camera_distance_mm``'s, kept within [200, 100000] mm; the
+        views' agreement is exact only through the right camera); the landmark phase keeps
+        ``camera_distance_mm``. No effect on a weak-perspective fit. The fitted distance is the
+        result's camera (texture, overlays, params.json).
     error_rank: the calibrated set's detector error model (`mvf.face.detector_error`) in the
         landmark objective: each view's points are matched as ``projected + f0 (bias + z @ basis)``
         with the leading ``error_rank`` structured-error components of the view's yaw bin and
@@ -100,9 +108,9 @@ class FitConfig:
     cross_view, flow: loss and flow-estimator settings of the cross-view phase.
 
     ``landmark_steps``, ``photo_steps``, ``photo_coarse_steps``, ``w_photo``, ``w_exp_prior``,
-    ``w_id_prior`` and ``camera_distance_mm`` left unset (None) take the landmark profile's tuned
-    value (`with_defaults`: the calibrated set's, a network start's), else `GENERIC_DEFAULTS` (40,
-    0, 0, 100, 0.5, 0.5, 0); a value set explicitly is always kept.
+    ``w_id_prior``, ``camera_distance_mm`` and ``fit_distance`` left unset (None) take the landmark
+    profile's tuned value (`with_defaults`: the calibrated set's, a network start's), else
+    `GENERIC_DEFAULTS` (40, 0, 0, 100, 0.5, 0.5, 0, false); a value set explicitly is always kept.
     """
 
     n_id: int = 60
@@ -127,6 +135,7 @@ class FitConfig:
     pose_step: tuple[float, ...] = (0.05, 0.05, 0.05, 0.05, 2.0, 2.0)
     contour: bool = True
     camera_distance_mm: float | None = None
+    fit_distance: bool | None = None
     error_rank: int = 12
     w_error_prior: float = 1.0
     landmarks: str = "auto"
@@ -155,8 +164,8 @@ class FitConfig:
 
 # The settings a landmark profile tunes (the calibrated set's, a network's start): None in a
 # `FitConfig` means "the profile's value", else these (`resolved`).
-GENERIC_DEFAULTS = {"landmark_steps": 40, "photo_steps": 0, "photo_coarse_steps": 0, "w_photo": 100.0, "w_exp_prior": 0.5, "w_id_prior": 0.5,
-                    "camera_distance_mm": 0.0}
+GENERIC_DEFAULTS = {"landmark_steps": 40, "photo_steps": 0, "photo_coarse_steps": 0, "w_photo": 100.0,
+                    "w_exp_prior": 0.5, "w_id_prior": 0.5, "camera_distance_mm": 0.0, "fit_distance": False}
 
 
 def with_defaults(cfg: FitConfig, defaults: dict) -> FitConfig:
@@ -562,7 +571,7 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
         seconds["cross_view"] = time.perf_counter() - t0
     with torch.no_grad():
         id_c, exp_c, poses = problem.split(theta)
-    return FitResult(id_c.clone(), exp_c.clone(), poses.clone(), history, seconds, camera, problem.rank)
+    return FitResult(id_c.clone(), exp_c.clone(), poses.clone(), history, seconds, problem.camera, problem.rank)
 
 
 class TensorAdam:
@@ -605,6 +614,11 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
     region = inner_face_region(model) if cfg.photo_region == "inner_face" else None
     param = theta.clone().requires_grad_(True)
     opt = TensorAdam(param, lr=cfg.photo_lr)
+    inverse = None  # 1000 / the camera distance (per metre), fitted with ``fit_distance``
+    if cfg.fit_distance and problem.camera is not None:
+        inverse = torch.tensor(1000.0 / problem.camera.distance_mm, device=dev, requires_grad=True)
+        inverse_opt = TensorAdam(inverse, lr=cfg.photo_lr)
+        camera0 = problem.camera
     bar = None
     if progress:
         from tqdm import tqdm
@@ -613,7 +627,11 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
     for it, px in enumerate(schedule):
         opt.lr = cfg.photo_lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * it / len(schedule))))  # cosine to 10 %
         if it % max(1, cfg.contour_every) == 0:
+            if inverse is not None:  # the contour choice is not differentiated
+                problem.camera = dataclasses.replace(camera0, distance_mm=1000.0 / float(inverse.detach()))
             problem.search(param.detach())
+        if inverse is not None:
+            problem.camera = dataclasses.replace(camera0, distance_mm=1000.0 / inverse)
         loss_lm = problem.objective(param)
         id_c, exp_c, poses = problem.split(param)
         verts = model.decode(id_c[None], exp_c[None])  # (1, N, 3); per view (1, V, N, 3) for a pinhole
@@ -625,9 +643,16 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
         loss = cfg.w_landmark * loss_lm + cfg.w_photo * res.photometric + cfg.w_flow * res.flow
         loss.backward()
         opt.step()
+        if inverse is not None:
+            inverse_opt.lr = opt.lr
+            inverse_opt.step()
+            with torch.no_grad():
+                inverse.clamp_(1000.0 / MAX_DISTANCE_MM, 1000.0 / MIN_DISTANCE_MM)
         with torch.no_grad():
             param.copy_(problem.clamp(param))
         history.append({"step": len(history), "phase": "cross_view", "px": px, "loss": float(loss.detach()),
+                        "camera_distance_mm": None if problem.camera is None
+                        else float(torch.as_tensor(problem.camera.distance_mm).detach()),
                         "landmark_objective": float(loss_lm.detach()),
                         "photometric": float(res.photometric.detach()), "flow": float(res.flow.detach())})
         if bar is not None:
@@ -635,6 +660,8 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
             bar.update(1)
     if bar is not None:
         bar.close()
+    if inverse is not None:
+        problem.camera = dataclasses.replace(camera0, distance_mm=1000.0 / float(inverse.detach()))
     return param.detach()
 
 

@@ -77,7 +77,7 @@ class Reconstruction:
 # 0.08: README "The cross-view phase's step and weight"); `calibrated_fit_config` applies them where a
 # `FitConfig` leaves them unset.
 CALIBRATED_FIT_DEFAULTS = {"w_exp_prior": 4.0, "photo_steps": 30, "photo_coarse_steps": 30, "w_photo": 300.0,
-                           "w_id_prior": 2.0, "camera_distance_mm": 1000.0}
+                           "w_id_prior": 2.0, "camera_distance_mm": 1000.0, "fit_distance": True}
 
 
 def calibrated_fit_config(cfg: FitConfig) -> FitConfig:
