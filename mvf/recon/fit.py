@@ -95,7 +95,8 @@ class FitConfig:
         1000 / distance per mm, from ``camera_distance_mm``'s, kept within [200, 100000] mm; the
         views' agreement is exact only through the right camera); the landmark phase keeps
         ``camera_distance_mm``. No effect on a weak-perspective fit. The fitted distance is the
-        result's camera (texture, overlays, params.json).
+        result's camera (texture, overlays, params.json). ``distance_step``: the inverse
+        distance's learning rate relative to ``photo_lr``.
     error_rank: the calibrated set's detector error model (`mvf.face.detector_error`) in the
         landmark objective: each view's points are matched as ``projected + f0 (bias + z @ basis)``
         with the leading ``error_rank`` structured-error components of the view's yaw bin and
@@ -136,6 +137,7 @@ class FitConfig:
     contour: bool = True
     camera_distance_mm: float | None = None
     fit_distance: bool | None = None
+    distance_step: float = 1.0
     error_rank: int = 12
     w_error_prior: float = 1.0
     landmarks: str = "auto"
@@ -644,7 +646,7 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
         loss.backward()
         opt.step()
         if inverse is not None:
-            inverse_opt.lr = opt.lr
+            inverse_opt.lr = opt.lr * cfg.distance_step
             inverse_opt.step()
             with torch.no_grad():
                 inverse.clamp_(1000.0 / MAX_DISTANCE_MM, 1000.0 / MIN_DISTANCE_MM)
