@@ -125,6 +125,7 @@ class Pinhole:
     A pose keeps its meaning: ``f`` is the magnification at ``centre``'s depth and the camera
     looks along the view's -z axis through the model origin's image ``(tx, ty)``
     (`perspective_prewarp`). None in place of a `Pinhole` means the weak-perspective camera.
+    ``distance_mm`` may be a 0-d tensor, differentiable (a fit that estimates the distance).
     """
 
     distance_mm: float

@@ -10,7 +10,8 @@ the mean face with poses from a closed-form weak-perspective fit to the 2D landm
    `mvf.face.landmarks.LandmarkProjector`), so a step costs milliseconds; it stops early on a plateau;
 2. cross-view (optional, ``photo_steps > 0``): landmarks + priors + the self-supervised
    photometric and flow-alignment losses (`mvf.losses.selfsup`), rendered at ``photo_size`` pixels
-   (images downsampled, poses scaled) to keep it affordable on a CPU.
+   (images downsampled, poses scaled) to keep it affordable on a CPU, after ``photo_coarse_steps``
+   at ``photo_coarse_size``; with ``fit_distance`` it also fits the pinhole camera's distance.
 """
 from __future__ import annotations
 
@@ -160,6 +161,8 @@ class FitConfig:
         if not valid_camera_distance(self.camera_distance_mm):
             raise MvfError(f"config key 'camera_distance_mm': must be in [200, 100000] mm, 0 (weak "
                            f"perspective) or null, got {self.camera_distance_mm}")
+        if self.distance_step < 0:
+            raise MvfError(f"config key 'distance_step': must be >= 0, got {self.distance_step}")
         if len(self.pose_step) != 6:
             raise MvfError(f"config key 'pose_step': expected 6 numbers, got {len(self.pose_step)}")
 
