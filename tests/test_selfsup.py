@@ -269,6 +269,12 @@ def test_cross_view_phase_fits_the_camera_distance(model, true_mm):
         assert result.camera.distance_mm < 700.0, distances[::5]
     else:
         assert result.camera.distance_mm > 2000.0, distances[::5]
+        # pushed to the far bound, the distance stays a valid one (float32 rounding lands past it)
+        from mvf.recon.fit import MAX_DISTANCE_MM, valid_camera_distance
+
+        far = fit(model, scene["images"], scene["landmarks"], None,
+                  dataclasses.replace(cfg, photo_steps=10, distance_step=100.0), init=init)
+        assert far.camera.distance_mm == MAX_DISTANCE_MM and valid_camera_distance(far.camera.distance_mm)
     fixed = fit(model, scene["images"], scene["landmarks"], None, dataclasses.replace(cfg, fit_distance=False),
                 init=init)
     assert fixed.camera.distance_mm == 1000.0

@@ -665,8 +665,9 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
             bar.update(1)
     if bar is not None:
         bar.close()
-    if inverse is not None:
-        problem.camera = dataclasses.replace(camera0, distance_mm=1000.0 / float(inverse.detach()))
+    if inverse is not None:  # a float within the bounds (float32 rounding could step past them)
+        distance = min(max(1000.0 / float(inverse.detach()), MIN_DISTANCE_MM), MAX_DISTANCE_MM)
+        problem.camera = dataclasses.replace(camera0, distance_mm=distance)
     return param.detach()
 
 
