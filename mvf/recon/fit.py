@@ -624,6 +624,11 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
         inverse = torch.tensor(1000.0 / problem.camera.distance_mm, device=dev, requires_grad=True)
         inverse_opt = TensorAdam(inverse, lr=cfg.photo_lr)
         camera0 = problem.camera
+
+    def fitted_camera() -> Pinhole:  # a float within the bounds (float32 rounding could step past them)
+        distance = min(max(1000.0 / float(inverse.detach()), MIN_DISTANCE_MM), MAX_DISTANCE_MM)
+        return dataclasses.replace(camera0, distance_mm=distance)
+
     bar = None
     if progress:
         from tqdm import tqdm
@@ -633,7 +638,7 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
         opt.lr = cfg.photo_lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * it / len(schedule))))  # cosine to 10 %
         if it % max(1, cfg.contour_every) == 0:
             if inverse is not None:  # the contour choice is not differentiated
-                problem.camera = dataclasses.replace(camera0, distance_mm=1000.0 / float(inverse.detach()))
+                problem.camera = fitted_camera()
             problem.search(param.detach())
         if inverse is not None:
             problem.camera = dataclasses.replace(camera0, distance_mm=1000.0 / inverse)
@@ -665,9 +670,8 @@ def _cross_view_phase(model, problem: _Problem, theta: Tensor, images: Tensor, c
             bar.update(1)
     if bar is not None:
         bar.close()
-    if inverse is not None:  # a float within the bounds (float32 rounding could step past them)
-        distance = min(max(1000.0 / float(inverse.detach()), MIN_DISTANCE_MM), MAX_DISTANCE_MM)
-        problem.camera = dataclasses.replace(camera0, distance_mm=distance)
+    if inverse is not None:
+        problem.camera = fitted_camera()
     return param.detach()
 
 
