@@ -93,7 +93,7 @@ class FitConfig:
         phases and the texture; 0: the weak-perspective camera of the paper and the network; None:
         the profile's (1000 for detected photos, else 0).
     fit_distance: the cross-view phase also fits the pinhole camera's distance (as its inverse,
-        1000 / distance per mm, from ``camera_distance_mm``'s, kept within [200, 100000] mm; the
+        1000 / distance in mm, i.e. per metre, from ``camera_distance_mm``'s, kept within [200, 100000] mm; the
         views' agreement is exact only through the right camera); the landmark phase keeps
         ``camera_distance_mm``. No effect on a weak-perspective fit. The fitted distance is the
         result's camera (texture, overlays, params.json). ``distance_step``: the inverse
