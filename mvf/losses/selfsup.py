@@ -32,8 +32,11 @@ class CrossViewConfig:
         pixel within a (2·erode_px+1)² square around it is co-visible too (a min-pool). This
         drops silhouette and occlusion-boundary pixels, where hard rasterization edges and the
         background leaking into bilinear samples make the colours unreliable. 0 keeps the raw mask.
-    photometric: "charbonnier" (sqrt(d² + eps²)) or "l1".
+    photometric: "charbonnier" (sqrt(d² + eps²)), "l1" (mean |d| over the channels) or "log_l1"
+        (``c log(1 + l1 / c)``: ≈ l1 below ``c``, growing only logarithmically beyond, so
+        pixels that cannot match, such as specularities, shadows or hair, weigh less).
     charbonnier_eps: eps of the Charbonnier distance, in image units ([0, 1] intensities).
+    log_scale: ``c`` of "log_l1", in image units.
     min_covisible_px: pairs with fewer co-visible pixels are ignored (weight 0).
     normalise: colour matching of I_A→B to I_B before the photometric distance, per pair and
         channel over the co-visible pixels: "none"; "gain" (scale so the means agree: exposure
@@ -47,6 +50,7 @@ class CrossViewConfig:
     erode_px: int = 2
     photometric: str = "charbonnier"
     charbonnier_eps: float = 0.01
+    log_scale: float = 0.05
     min_covisible_px: int = 16
     normalise: str = "none"
     highpass_px: float = 0.0
@@ -58,9 +62,11 @@ class CrossViewConfig:
             raise MvfError(f"config key 'normalise': {self.normalise!r} is not one of {list(NORMALISE)}")
         if self.erode_px < 0:
             raise MvfError(f"config key 'erode_px': must be >= 0, got {self.erode_px}")
+        if self.log_scale <= 0:
+            raise MvfError(f"config key 'log_scale': must be > 0, got {self.log_scale}")
 
 
-PHOTOMETRIC = ("charbonnier", "l1")
+PHOTOMETRIC = ("charbonnier", "l1", "log_l1")
 NORMALISE = ("none", "gain", "affine")
 
 
@@ -96,13 +102,16 @@ def erode_covisible(valid: Tensor, erode_px: int) -> Tensor:
     return eroded.reshape(shape)
 
 
-def robust_distance(diff: Tensor, kind: str = "charbonnier", eps: float = 0.01) -> Tensor:
-    """Per-pixel robust distance of a colour difference ``(..., 3, H, W) -> (..., 1, H, W)``."""
+def robust_distance(diff: Tensor, kind: str = "charbonnier", eps: float = 0.01, scale: float = 0.05) -> Tensor:
+    """Per-pixel robust distance of a colour difference ``(..., 3, H, W) -> (..., 1, H, W)``
+    (`CrossViewConfig.photometric`; ``eps`` Charbonnier's, ``scale`` log_l1's ``c``)."""
     if kind == "l1":
         return diff.abs().mean(-3, keepdim=True)
+    if kind == "log_l1":
+        return scale * torch.log1p(diff.abs().mean(-3, keepdim=True) / scale)
     if kind == "charbonnier":
         return torch.sqrt(diff.square().sum(-3, keepdim=True) / diff.shape[-3] + eps * eps) - eps
-    raise ValueError(f"unknown photometric distance {kind!r} (use 'charbonnier' or 'l1')")
+    raise ValueError(f"unknown photometric distance {kind!r} (use one of {PHOTOMETRIC})")
 
 
 def masked_pair_mean(per_pixel: Tensor, mask: Tensor, min_px: int = 1) -> tuple[Tensor, Tensor]:
@@ -147,7 +156,7 @@ def photometric_loss(target: Tensor, warped: Tensor, mask: Tensor, cfg: CrossVie
     if cfg.highpass_px > 0:
         target = target - masked_blur(target, mask, cfg.highpass_px)
         warped = warped - masked_blur(warped, mask, cfg.highpass_px)
-    err = robust_distance(target - warped, cfg.photometric, cfg.charbonnier_eps)
+    err = robust_distance(target - warped, cfg.photometric, cfg.charbonnier_eps, cfg.log_scale)
     loss, _ = masked_pair_mean(err, mask, cfg.min_covisible_px)
     return loss, err * mask
 

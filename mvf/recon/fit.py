@@ -44,10 +44,12 @@ LANDMARK_CHOICES = ("auto", "calibrated", "ibug68")
 class FitCrossViewConfig(CrossViewConfig):
     """`CrossViewConfig` for fitting photos: views are colour-matched ("affine") by default, since
     real cameras and a head turning under fixed lights change exposure between views; no erosion
-    of the co-visible pixels (chosen on tools/bench_real.py's tuning set and scan-lps, session 15)."""
+    of the co-visible pixels (session 15); the robust "log_l1" colour distance (session 18: pixels
+    no pose and shape can match weigh less). Chosen on tools/bench_real.py's tuning set and scan-lps."""
 
     normalise: str = "affine"
     erode_px: int = 0
+    photometric: str = "log_l1"
 
 
 MIN_DISTANCE_MM, MAX_DISTANCE_MM = 200.0, 100000.0

@@ -73,10 +73,11 @@ class Reconstruction:
 # tools/bench_real.py (seed 1000; w_id_prior on its 40 subjects, 1.5-2 flat there, scan-lps
 # choosing 2: see README "Real photos"; a pinhole camera at 1 m, chosen on the tuning set rendered
 # at 1 m and 0.5 m and on scan-lps: README "The camera"; the cross-view phase's 30 steps at 160 px
-# (`FitConfig.photo_size`): README "The cross-view phase at 160 px"; w_photo 300 with `FitConfig.photo_lr`
-# 0.08: README "The cross-view phase's step and weight"); `calibrated_fit_config` applies them where a
+# (`FitConfig.photo_size`): README "The cross-view phase at 160 px"; `FitConfig.photo_lr` 0.08: README
+# "The cross-view phase's step and weight"; w_photo 900 with the log_l1 colour distance: README "A robust
+# colour distance"); `calibrated_fit_config` applies them where a
 # `FitConfig` leaves them unset.
-CALIBRATED_FIT_DEFAULTS = {"w_exp_prior": 4.0, "photo_steps": 30, "photo_coarse_steps": 30, "w_photo": 300.0,
+CALIBRATED_FIT_DEFAULTS = {"w_exp_prior": 4.0, "photo_steps": 30, "photo_coarse_steps": 30, "w_photo": 900.0,
                            "w_id_prior": 2.0, "camera_distance_mm": 1000.0, "fit_distance": True}
 
 
