@@ -173,7 +173,7 @@ def test_pinhole_fit_recovers_a_close_cameras_face(model):
 
     g = torch.Generator().manual_seed(4)
     id_true = 1.2 * torch.randn(model.n_id, generator=g)
-    id_true[FitConfig().n_id:] = 0
+    id_true[resolved(FitConfig()).n_id:] = 0
     exp_true = 0.3 * torch.rand(model.n_exp, generator=g)
     verts = model.decode(id_true[None], exp_true[None])[0]
     poses = random_poses(g)
@@ -202,7 +202,7 @@ def test_detector_error_latents_explain_structured_detector_errors(model):
 
     g = torch.Generator().manual_seed(5)
     id_true = torch.randn(model.n_id, generator=g)
-    id_true[FitConfig().n_id:] = 0
+    id_true[resolved(FitConfig()).n_id:] = 0
     exp_true = 0.3 * torch.rand(model.n_exp, generator=g)
     verts = model.decode(id_true[None], exp_true[None])[0]
     poses = random_poses(g)
@@ -232,7 +232,7 @@ def test_fit_starts_from_a_network_prediction(model, synthetic_subjects):
     init = {"id": torch.from_numpy(subject.labels["id"]), "exp": torch.from_numpy(subject.labels["exp"]),
             "pose": torch.from_numpy(subject.labels["pose"])}
     cut = fit(model, images, lm, vis, FitConfig(landmark_steps=0), init=init)
-    assert cut.id.numel() == FitConfig().n_id and torch.equal(cut.id, init["id"][:FitConfig().n_id].float())
+    assert cut.id.numel() == resolved(FitConfig()).n_id and torch.equal(cut.id, init["id"][:resolved(FitConfig()).n_id].float())
     result = fit(model, images, lm, vis, FitConfig(n_id=model.n_id, landmark_steps=0), init=init)  # the start itself
     assert result.id.numel() == model.n_id
     assert torch.allclose(result.poses, init["pose"])
@@ -305,7 +305,7 @@ def test_mvf_fit_on_the_real_triplet(tmp_path, capsys):
     assert params["landmark_error_px"] <= 4.5  # vs the 68-point table; the fit uses the calibrated set
     assert params["detector_error_rank"] == FitConfig().error_rank  # ...and its detector error model
     assert "landmark reprojection error" in stdout
-    assert set(params["pose"]) == {"front", "left", "right"} and len(params["id"]) == 60
+    assert set(params["pose"]) == {"front", "left", "right"} and len(params["id"]) == 100  # all modes (calibrated set)
     # the camera distance starts at 1 m and is fitted by the cross-view phase (fit_distance)
     assert 200.0 <= params["camera_distance_mm"] <= 100000.0 and params["camera_distance_mm"] != 1000.0
     # yaw signs follow the conventions: left view negative, right view positive

@@ -15,8 +15,8 @@
    rigid alignment, as training validation), detected-vs-true 68-point error (px in the images),
    seconds per fit. ``--exact-points`` fits the calibrated points projected from the true faces
    instead of the detections (the fit without the detector's error). ``--from-truth`` starts
-   the 3-view fit at the true face and poses (mapped into the crops; ``--set n_id=100`` keeps all
-   identity modes): where the fit's objective, not its start, puts the face (with ``--set landmark_steps=0``: the
+   the 3-view fit at the true face and poses (mapped into the crops; all 100 identity modes with the
+   calibrated set's default ``n_id``): where the fit's objective, not its start, puts the face (with ``--set landmark_steps=0``: the
    cross-view phase's own pull; ``--set photo_steps=0``: the landmark phase's).
    With ``--checkpoint`` (a network; ``model.geometry_input: detector`` networks read the detected
    points mapped into their crops, as `mvf reconstruct --checkpoint` feeds them) also the network
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exact-points", action="store_true",
                     help="fit the calibrated points projected from the true faces instead of mediapipe's")
     ap.add_argument("--from-truth", action="store_true",
-                    help="start the 3-view fit at the true face and poses (with --set n_id=100: all modes)")
+                    help="start the 3-view fit at the true face and poses (the fit's n_id modes of them)")
     ap.add_argument("--camera-distance", type=float, default=0.0, metavar="MM",
                     help="render the sets with a pinhole camera this far from the face (sets *_dMM; "
                          "default 0: weak perspective, the model's camera)")

@@ -67,7 +67,7 @@ def valid_camera_distance(distance_mm) -> bool:
 class FitConfig:
     """Test-time fitting settings (``mvf fit --config``/``--set``; weights multiply losses).
 
-    n_id: identity modes optimised (the rest stay 0).
+    n_id: identity modes optimised (the rest stay 0; a start with more, such as a network's, is cut).
     landmark_steps: Levenberg-Marquardt iterations of the landmark phase (at most); it stops
         when the objective fell by less than ``landmark_tol`` (relative) in a step.
     lm_delta_mm: the landmark distance, in model millimetres (pixels / the initial mean f, so
@@ -111,13 +111,13 @@ class FitConfig:
         (required) or "ibug68". Landmark files (68 points) always use the iBUG-68 set.
     cross_view, flow: loss and flow-estimator settings of the cross-view phase.
 
-    ``landmark_steps``, ``photo_steps``, ``photo_coarse_steps``, ``w_photo``, ``w_exp_prior``,
+    ``n_id``, ``landmark_steps``, ``photo_steps``, ``photo_coarse_steps``, ``w_photo``, ``w_exp_prior``,
     ``w_id_prior``, ``camera_distance_mm`` and ``fit_distance`` left unset (None) take the landmark
     profile's tuned value (`with_defaults`: the calibrated set's, a network start's), else
-    `GENERIC_DEFAULTS` (40, 0, 0, 100, 0.5, 0.5, 0, false); a value set explicitly is always kept.
+    `GENERIC_DEFAULTS` (60, 40, 0, 0, 100, 0.5, 0.5, 0, false); a value set explicitly is always kept.
     """
 
-    n_id: int = 60
+    n_id: int | None = None
     landmark_steps: int | None = None
     landmark_tol: float = 1e-5
     lm_delta_mm: float = 0.5
@@ -171,7 +171,7 @@ class FitConfig:
 
 # The settings a landmark profile tunes (the calibrated set's, a network's start): None in a
 # `FitConfig` means "the profile's value", else these (`resolved`).
-GENERIC_DEFAULTS = {"landmark_steps": 40, "photo_steps": 0, "photo_coarse_steps": 0, "w_photo": 100.0,
+GENERIC_DEFAULTS = {"n_id": 60, "landmark_steps": 40, "photo_steps": 0, "photo_coarse_steps": 0, "w_photo": 100.0,
                     "w_exp_prior": 0.5, "w_id_prior": 0.5, "camera_distance_mm": 0.0, "fit_distance": False}
 
 

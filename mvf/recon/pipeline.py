@@ -75,9 +75,9 @@ class Reconstruction:
 # at 1 m and 0.5 m and on scan-lps: README "The camera"; the cross-view phase's 30 steps at 160 px
 # (`FitConfig.photo_size`): README "The cross-view phase at 160 px"; `FitConfig.photo_lr` 0.08: README
 # "The cross-view phase's step and weight"; w_photo 900 with the log_l1 colour distance: README "A robust
-# colour distance"); `calibrated_fit_config` applies them where a
+# colour distance"; all 100 identity modes: README "All identity modes"); `calibrated_fit_config` applies them where a
 # `FitConfig` leaves them unset.
-CALIBRATED_FIT_DEFAULTS = {"w_exp_prior": 4.0, "photo_steps": 30, "photo_coarse_steps": 30, "w_photo": 900.0,
+CALIBRATED_FIT_DEFAULTS = {"n_id": 100, "w_exp_prior": 4.0, "photo_steps": 30, "photo_coarse_steps": 30, "w_photo": 900.0,
                            "w_id_prior": 2.0, "camera_distance_mm": 1000.0, "fit_distance": True}
 
 
