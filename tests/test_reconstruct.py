@@ -188,3 +188,33 @@ def test_overlay_draws_the_mesh_where_the_pose_puts_it(tiny_synth):
     iou = (changed & mask).sum() / (changed | mask).sum()
     assert iou > 0.85, iou
 
+
+
+def test_threads_follow_the_idle_cores(monkeypatch):
+    """`mvf reconstruct`'s default threads: /proc/stat readings 100 ticks apart on a 2-CPU machine
+    with both idle give 2 idle cores and 2 threads; with one core busy (user time) 1 and 1 thread."""
+    from mvf.commands import reconstruct as rc
+
+    def stat(user: int, idle: int) -> str:
+        return (f"cpu  {user} 0 0 {idle} 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\n"
+                f"cpu1 0 0 0 0 0 0 0 0 0 0\nintr 1 2\n")
+
+    assert rc.idle_cores(stat(10, 500), stat(10, 700)) == pytest.approx(2.0)
+    assert rc.idle_cores(stat(10, 500), stat(110, 600)) == pytest.approx(1.0)
+    readings = iter([stat(10, 500), stat(110, 600)])
+
+    class FakeStat:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return next(readings)
+
+    monkeypatch.setattr(rc.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr("builtins.open", lambda *a, **k: FakeStat())
+    assert rc.default_threads(sample_s=0.0) == 1
+    readings = iter([stat(10, 500), stat(10, 700)])
+    assert rc.default_threads(sample_s=0.0) == 2
