@@ -16,7 +16,9 @@ from renderer.camera import make_pose, project
 from mvf.cli import main as mvf_main
 from mvf.config import from_dict
 from mvf.errors import MvfError
-from mvf.recon.fit import FitConfig, _Problem, fit, fitted_landmarks, init_poses_from_landmarks, resolved
+from mvf.recon.fit import (
+    FitConfig, _Problem, face_camera, fit, fitted_landmarks, init_poses_from_landmarks, resolved,
+)
 from renderer.rotations import rotation_derivatives
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -169,15 +171,13 @@ def test_pinhole_fit_recovers_a_close_cameras_face(model):
     """Landmarks of a face seen by a camera 350 mm away: fitting with ``camera_distance_mm`` set
     to that distance reprojects them within 0.5 px and recovers the face better than the
     weak-perspective fit, whose camera cannot explain them."""
-    from renderer.camera import Pinhole
-
     g = torch.Generator().manual_seed(4)
     id_true = 1.2 * torch.randn(model.n_id, generator=g)
     id_true[resolved(FitConfig()).n_id:] = 0
     exp_true = 0.3 * torch.rand(model.n_exp, generator=g)
     verts = model.decode(id_true[None], exp_true[None])[0]
     poses = random_poses(g)
-    camera = Pinhole(350.0, tuple(model.landmarks_3d(model.mean).mean(0).tolist()))
+    camera = face_camera(model, 350.0)  # the camera the fit looks through at 350 mm
     # the jawline on the pinhole image's silhouette
     lm = model.landmark_projector(n_id=model.n_id).project(verts[None], poses[None], camera=camera).uv[0]
     gt = verts[None]

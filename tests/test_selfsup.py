@@ -263,10 +263,10 @@ def test_coarse_to_fine_cross_view_phase_runs_its_stages_and_recovers_a_face(mod
 def _pinhole_views(model, size: int, distance_mm: float, seed: int = 0) -> dict:
     """`synthetic_views`' face and poses, rendered through a pinhole camera ``distance_mm`` from
     the landmarks' centre (one pre-warped mesh per view)."""
-    from renderer.camera import Pinhole
+    from mvf.recon.fit import face_camera
 
     scene = synthetic_views(model, size, TRIPLET, seed=seed)
-    camera = Pinhole(distance_mm, tuple(model.landmarks_3d(model.mean).mean(0).tolist()))
+    camera = face_camera(model, distance_mm)
     meshes = camera.view_verts(scene["verts"].expand(len(TRIPLET), -1, -1), scene["poses"])
     g = torch.Generator().manual_seed(seed)
     albedo = smooth_random_colours(scene["verts"][0], g, wavelength_mm=20.0, waves=8)

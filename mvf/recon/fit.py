@@ -161,7 +161,7 @@ class FitConfig:
         if self.landmarks not in LANDMARK_CHOICES:
             raise MvfError(f"config key 'landmarks': {self.landmarks!r} is not one of {list(LANDMARK_CHOICES)}")
         if not valid_camera_distance(self.camera_distance_mm):
-            raise MvfError(f"config key 'camera_distance_mm': must be in [200, 100000] mm, 0 (weak "
+            raise MvfError(f"config key 'camera_distance_mm': must be in [{MIN_DISTANCE_MM:g}, {MAX_DISTANCE_MM:g}] mm, 0 (weak "
                            f"perspective) or null, got {self.camera_distance_mm}")
         if self.distance_step < 0:
             raise MvfError(f"config key 'distance_step': must be >= 0, got {self.distance_step}")
