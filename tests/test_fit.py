@@ -463,3 +463,27 @@ def test_profile_settings_fill_only_unset_keys():
     weak = calibrated_fit_config(load_config(None, FitConfig, ["camera_distance_mm=0"]))
     assert weak.camera_distance_mm == 0
     assert resolved(explicit).photo_steps == 0
+
+
+def test_network_start_settings_fill_only_unset_keys():
+    """After a detector-input network the fit takes `NETWORK_FIT_DEFAULTS` (a prior centred on the
+    prediction, fewer landmark steps) where the user set nothing; ``--refine-steps`` sets the landmark
+    steps (0: the regression alone); an image-framing network is fitted only when asked, without the
+    network profile (its prior stays off)."""
+    from types import SimpleNamespace
+
+    from mvf.config import load_config
+    from mvf.recon.pipeline import NETWORK_FIT_DEFAULTS, network_fit_config
+
+    detector = SimpleNamespace(net=SimpleNamespace(detector_input=True))
+    framing = SimpleNamespace(net=SimpleNamespace(detector_input=False))
+    unset = load_config(None, FitConfig)
+    cfg = network_fit_config(detector, unset, None)
+    assert {k: getattr(cfg, k) for k in NETWORK_FIT_DEFAULTS} == NETWORK_FIT_DEFAULTS
+    assert cfg.w_net_prior > 0 and resolved(unset).w_net_prior == 0.0
+    explicit = network_fit_config(detector, load_config(None, FitConfig, ["w_net_prior=0"]), 7)
+    assert (explicit.w_net_prior, explicit.landmark_steps) == (0.0, 7)
+    assert network_fit_config(detector, unset, 0) is None
+    assert network_fit_config(framing, unset, None) is None
+    asked = network_fit_config(framing, unset, 5)
+    assert asked.landmark_steps == 5 and resolved(asked).w_net_prior == 0.0

@@ -86,7 +86,8 @@ class FitConfig:
     w_photo, w_flow: photometric (robust colour distance, [0, 1] units) and flow alignment (px).
     w_id_prior: times mean(id²) (N(0, 1) coefficients); w_exp_prior: times mean(|exp|).
     w_net_prior: times mean((c - c0)²) over the id and exp coefficients ``c``, ``c0`` the start
-        given as ``init`` (a network's prediction; `mvf.recon.refine`); 0 (the default) is off.
+        given as ``init`` (a network's prediction; `mvf.recon.refine`); 0 is off (None: 0.5 after
+        a detector-input network, `mvf.recon.pipeline.NETWORK_FIT_DEFAULTS`, else 0).
     pose_step: scale of each pose entry's update per unit parameter (f relative to f, angles
         radians, t pixels), so one learning rate serves all.
     contour: jawline landmarks follow the silhouette (else fixed vertices).
@@ -112,9 +113,9 @@ class FitConfig:
     cross_view, flow: loss and flow-estimator settings of the cross-view phase.
 
     ``n_id``, ``landmark_steps``, ``photo_steps``, ``photo_coarse_steps``, ``w_photo``, ``w_exp_prior``,
-    ``w_id_prior``, ``camera_distance_mm`` and ``fit_distance`` left unset (None) take the landmark
-    profile's tuned value (`with_defaults`: the calibrated set's, a network start's), else
-    `GENERIC_DEFAULTS` (60, 40, 0, 0, 100, 0.5, 0.5, 0, false); a value set explicitly is always kept.
+    ``w_id_prior``, ``w_net_prior``, ``camera_distance_mm`` and ``fit_distance`` left unset (None) take
+    the landmark profile's tuned value (`with_defaults`: the calibrated set's, a network start's), else
+    `GENERIC_DEFAULTS` (60, 40, 0, 0, 100, 0.5, 0.5, 0, 0, false); a value set explicitly is always kept.
     """
 
     n_id: int | None = None
@@ -135,7 +136,7 @@ class FitConfig:
     w_flow: float = 0.0
     w_id_prior: float | None = None
     w_exp_prior: float | None = None
-    w_net_prior: float = 0.0
+    w_net_prior: float | None = None
     pose_step: tuple[float, ...] = (0.05, 0.05, 0.05, 0.05, 2.0, 2.0)
     contour: bool = True
     camera_distance_mm: float | None = None
@@ -172,7 +173,8 @@ class FitConfig:
 # The settings a landmark profile tunes (the calibrated set's, a network's start): None in a
 # `FitConfig` means "the profile's value", else these (`resolved`).
 GENERIC_DEFAULTS = {"n_id": 60, "landmark_steps": 40, "photo_steps": 0, "photo_coarse_steps": 0, "w_photo": 100.0,
-                    "w_exp_prior": 0.5, "w_id_prior": 0.5, "camera_distance_mm": 0.0, "fit_distance": False}
+                    "w_exp_prior": 0.5, "w_id_prior": 0.5, "w_net_prior": 0.0, "camera_distance_mm": 0.0,
+                    "fit_distance": False}
 
 
 def with_defaults(cfg: FitConfig, defaults: dict) -> FitConfig:

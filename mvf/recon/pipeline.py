@@ -90,21 +90,24 @@ def calibrated_fit_config(cfg: FitConfig) -> FitConfig:
 # chosen on the tuning set of tools/bench_real.py (see README "Real photos")
 # (tuning set, 512 px: 20 landmark steps 2.31 mm in 3.2 s; 40 steps 2.29 mm in 3.6 s; the fit from
 # the mean face 2.32 mm in 3.4 s; session 14, 40 subjects, 112 px / 20 cross-view steps: 10 / 5 steps 3.001 / 3.010 against 2.924
-# for 20); the cross-view phase is the calibrated set's (`CALIBRATED_FIT_DEFAULTS`)
-NETWORK_FIT_DEFAULTS = {"landmark_steps": 20}
+# for 20); a prior centred on the network's coefficients, `FitConfig.w_net_prior` 0.5 (session 19, 40
+# subjects: 512 px 2.511 -> 2.475 mm, 224 px 2.460 -> 2.447, 1 m renders 2.489 -> 2.430; 1 / 2 / 8 at
+# 512 px 2.480 / 2.483 / 2.499: README "The network's prediction as the fit's prior"); the cross-view
+# phase is the calibrated set's (`CALIBRATED_FIT_DEFAULTS`)
+NETWORK_FIT_DEFAULTS = {"landmark_steps": 20, "w_net_prior": 0.5}
 
 
 def network_fit_config(network: LoadedModel, cfg: FitConfig, refine_steps: int | None) -> FitConfig | None:
     """The fit after ``network``'s prediction: None (the regression alone) for ``refine_steps`` 0,
-    ``refine_steps`` landmark steps when given; by default none for image-framing networks and
-    ``cfg`` with `NETWORK_FIT_DEFAULTS` (for the keys it leaves unset) for detector-input ones."""
+    else ``refine_steps`` landmark steps when given. Detector-input networks fill the keys ``cfg``
+    leaves unset from `NETWORK_FIT_DEFAULTS`; image-framing networks are not fitted by default."""
     if refine_steps is not None:
         if refine_steps <= 0:
             return None
-        return dataclasses.replace(cfg, landmark_steps=refine_steps)
-    if not network.net.detector_input:
+        cfg = dataclasses.replace(cfg, landmark_steps=refine_steps)
+    elif not network.net.detector_input:
         return None
-    return with_defaults(cfg, NETWORK_FIT_DEFAULTS)
+    return with_defaults(cfg, NETWORK_FIT_DEFAULTS) if network.net.detector_input else cfg
 
 
 def network_points(views: Views, network: LoadedModel) -> Tensor | None:
