@@ -72,12 +72,13 @@ class Reconstruction:
 # Fit settings for the calibrated mediapipe set (detected photos), chosen on the tuning set of
 # tools/bench_real.py (seed 1000; w_id_prior on its 40 subjects, 1.5-2 flat there, scan-lps
 # choosing 2: see README "Real photos"; a pinhole camera at 1 m, chosen on the tuning set rendered
-# at 1 m and 0.5 m and on scan-lps: README "The camera"; the cross-view phase's 30 steps at 160 px
+# at 1 m and 0.5 m and on scan-lps: README "The camera"; the cross-view phase at 160 px
 # (`FitConfig.photo_size`): README "The cross-view phase at 160 px"; `FitConfig.photo_lr` 0.08: README
 # "The cross-view phase's step and weight"; w_photo 900 with the log_l1 colour distance: README "A robust
-# colour distance"; all 100 identity modes: README "All identity modes"); `calibrated_fit_config` applies them where a
-# `FitConfig` leaves them unset.
-CALIBRATED_FIT_DEFAULTS = {"n_id": 100, "w_exp_prior": 4.0, "photo_steps": 30, "photo_coarse_steps": 30, "w_photo": 900.0,
+# colour distance"; all 100 identity modes: README "All identity modes"; 50 coarse + 50 fine cross-view
+# steps: README "A longer cross-view phase"); `calibrated_fit_config` applies them where a `FitConfig`
+# leaves them unset.
+CALIBRATED_FIT_DEFAULTS = {"n_id": 100, "w_exp_prior": 4.0, "photo_steps": 50, "photo_coarse_steps": 50, "w_photo": 900.0,
                            "w_id_prior": 2.0, "camera_distance_mm": 1000.0, "fit_distance": True}
 
 
