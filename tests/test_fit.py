@@ -232,7 +232,8 @@ def test_fit_starts_from_a_network_prediction(model, synthetic_subjects):
     init = {"id": torch.from_numpy(subject.labels["id"]), "exp": torch.from_numpy(subject.labels["exp"]),
             "pose": torch.from_numpy(subject.labels["pose"])}
     cut = fit(model, images, lm, vis, FitConfig(landmark_steps=0), init=init)
-    assert cut.id.numel() == resolved(FitConfig()).n_id and torch.equal(cut.id, init["id"][:resolved(FitConfig()).n_id].float())
+    n_id = resolved(FitConfig()).n_id  # the generic profile's modes (no landmark set given)
+    assert cut.id.numel() == n_id and torch.equal(cut.id, init["id"][:n_id].float())
     result = fit(model, images, lm, vis, FitConfig(n_id=model.n_id, landmark_steps=0), init=init)  # the start itself
     assert result.id.numel() == model.n_id
     assert torch.allclose(result.poses, init["pose"])

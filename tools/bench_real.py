@@ -15,9 +15,10 @@
    rigid alignment, as training validation), detected-vs-true 68-point error (px in the images),
    seconds per fit. ``--exact-points`` fits the calibrated points projected from the true faces
    instead of the detections (the fit without the detector's error). ``--from-truth`` starts
-   the 3-view fit at the true face and poses (mapped into the crops; all 100 identity modes with the
-   calibrated set's default ``n_id``): where the fit's objective, not its start, puts the face (with ``--set landmark_steps=0``: the
-   cross-view phase's own pull; ``--set photo_steps=0``: the landmark phase's).
+   the 3-view fit at the true face and poses (mapped into the crops; all 100 identity modes with
+   the calibrated set's default ``n_id``): where the fit's objective, not its start, puts the face
+   (with ``--set landmark_steps=0``: the cross-view phase's own pull; ``--set photo_steps=0``: the
+   landmark phase's).
    With ``--checkpoint`` (a network; ``model.geometry_input: detector`` networks read the detected
    points mapped into their crops, as `mvf reconstruct --checkpoint` feeds them) also the network
    paths: ``net`` the regression alone (3 views; network seconds per triplet), ``net_fit`` the
