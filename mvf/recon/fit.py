@@ -86,8 +86,10 @@ class FitConfig:
     w_photo, w_flow: photometric (robust colour distance, [0, 1] units) and flow alignment (px).
     w_id_prior: times mean(id²) (N(0, 1) coefficients); w_exp_prior: times mean(|exp|).
     w_net_prior: times mean((c - c0)²) over the id and exp coefficients ``c``, ``c0`` the start
-        given as ``init`` (a network's prediction; `mvf.recon.refine`); 0 is off (None: 0.5 after
-        a detector-input network, `mvf.recon.pipeline.NETWORK_FIT_DEFAULTS`, else 0).
+        given as ``init`` (a network's prediction; `mvf.recon.refine`), in the landmark phase; 0 is
+        off. ``w_net_prior_cross_view``: the same prior's weight in the cross-view phase. (None:
+        128 and 0.5 after a detector-input network, `mvf.recon.pipeline.NETWORK_FIT_DEFAULTS`:
+        the landmarks fit the poses to the network's shape, the views' agreement moves it; else 0.)
     pose_step: scale of each pose entry's update per unit parameter (f relative to f, angles
         radians, t pixels), so one learning rate serves all.
     contour: jawline landmarks follow the silhouette (else fixed vertices).
@@ -113,9 +115,10 @@ class FitConfig:
     cross_view, flow: loss and flow-estimator settings of the cross-view phase.
 
     ``n_id``, ``landmark_steps``, ``photo_steps``, ``photo_coarse_steps``, ``w_photo``, ``w_exp_prior``,
-    ``w_id_prior``, ``w_net_prior``, ``camera_distance_mm`` and ``fit_distance`` left unset (None) take
-    the landmark profile's tuned value (`with_defaults`: the calibrated set's, a network start's), else
-    `GENERIC_DEFAULTS` (60, 40, 0, 0, 100, 0.5, 0.5, 0, 0, false); a value set explicitly is always kept.
+    ``w_id_prior``, ``w_net_prior``, ``w_net_prior_cross_view``, ``camera_distance_mm`` and ``fit_distance``
+    left unset (None) take the landmark profile's tuned value (`with_defaults`: the calibrated set's, a
+    network start's), else `GENERIC_DEFAULTS` (60, 40, 0, 0, 100, 0.5, 0.5, 0, 0, 0, false); a value set
+    explicitly is always kept.
     """
 
     n_id: int | None = None
@@ -137,6 +140,7 @@ class FitConfig:
     w_id_prior: float | None = None
     w_exp_prior: float | None = None
     w_net_prior: float | None = None
+    w_net_prior_cross_view: float | None = None
     pose_step: tuple[float, ...] = (0.05, 0.05, 0.05, 0.05, 2.0, 2.0)
     contour: bool = True
     camera_distance_mm: float | None = None
@@ -173,8 +177,8 @@ class FitConfig:
 # The settings a landmark profile tunes (the calibrated set's, a network's start): None in a
 # `FitConfig` means "the profile's value", else these (`resolved`).
 GENERIC_DEFAULTS = {"n_id": 60, "landmark_steps": 40, "photo_steps": 0, "photo_coarse_steps": 0, "w_photo": 100.0,
-                    "w_exp_prior": 0.5, "w_id_prior": 0.5, "w_net_prior": 0.0, "camera_distance_mm": 0.0,
-                    "fit_distance": False}
+                    "w_exp_prior": 0.5, "w_id_prior": 0.5, "w_net_prior": 0.0, "w_net_prior_cross_view": 0.0,
+                    "camera_distance_mm": 0.0, "fit_distance": False}
 
 
 def with_defaults(cfg: FitConfig, defaults: dict) -> FitConfig:
@@ -288,7 +292,8 @@ class _Problem:
         dev = targets.device
         self.exp_linear = torch.zeros(self.size, device=dev, dtype=torch.float64)
         self.exp_linear[self.n_id:self.n_id + n_exp] = cfg.w_exp_prior / max(n_exp, 1)
-        self.centre: Tensor | None = None  # (n_id + n_exp,) the w_net_prior's centre
+        self.centre: Tensor | None = None  # (n_id + n_exp,) the network prior's centre
+        self.w_centre = cfg.w_net_prior  # its weight in the current phase
         # id and exp bases per compact vertex, (M, 3, P), for `search`'s gathers along M
         self.vertex_basis = torch.cat([compact.id_basis[:self.n_id], compact.exp_basis]).reshape(
             self.n_id + n_exp, -1, 3).permute(1, 2, 0).contiguous()
@@ -358,9 +363,9 @@ class _Problem:
         dist = (self.matched(theta) - self.targets).norm(dim=-1) * self.mm_per_px
         e = (self.a * robust_px(dist, self.cfg.lm_delta_mm)).sum()
         e = e + self.cfg.w_id_prior * id_c.square().mean() + self.cfg.w_exp_prior * exp_c.abs().mean()
-        if self.centre is not None and self.cfg.w_net_prior > 0:
+        if self.centre is not None and self.w_centre > 0:
             c = theta[: self.n_id + self.n_exp]
-            e = e + self.cfg.w_net_prior * (c - self.centre.to(c)).square().mean()
+            e = e + self.w_centre * (c - self.centre.to(c)).square().mean()
         if self.rank:
             e = e + self.cfg.w_error_prior * self.latents(theta).square().mean()
         return e
@@ -437,9 +442,9 @@ class _Problem:
             idx = torch.arange(self.n_id, device=h.device)
             h[idx, idx] += prior
             g[: self.n_id] += prior * theta[: self.n_id].double()
-            if self.centre is not None and self.cfg.w_net_prior > 0:
+            if self.centre is not None and self.w_centre > 0:
                 n = self.n_id + self.n_exp
-                w = 2.0 * self.cfg.w_net_prior / n
+                w = 2.0 * self.w_centre / n
                 idx = torch.arange(n, device=h.device)
                 h[idx, idx] += w
                 g[:n] += w * (theta[:n].double() - self.centre.double())
@@ -576,6 +581,7 @@ def fit(model, images: Tensor, landmarks: Tensor, visible: Tensor | None = None,
 
     if cfg.photo_steps > 0 and (cfg.w_photo > 0 or cfg.w_flow > 0) and n_views > 1:  # needs view pairs
         t0 = time.perf_counter()
+        problem.w_centre = cfg.w_net_prior_cross_view
         theta = _cross_view_phase(model, problem, theta, images, cfg, backend, history, progress)
         seconds["cross_view"] = time.perf_counter() - t0
     with torch.no_grad():
