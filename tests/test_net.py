@@ -130,6 +130,30 @@ def test_pretrained_weights_load_from_a_local_file(tmp_path, name):
         assert torch.equal(v, ref_state[k])
 
 
+def test_mobilenet_v3_small_is_torchvisions_without_importing_it():
+    """The hand-built MobileNetV3-Small features equal torchvision's: the same keys and, from the
+    same seed, the same initial weights and random stream after them (so a seed trains the same
+    network); the same outputs in training and eval mode."""
+    import torchvision
+
+    from mvf.net.backbones import mobilenet_v3_small_features
+
+    torch.manual_seed(5)
+    ref = torchvision.models.mobilenet_v3_small(weights=None)
+    ref_next = torch.rand(4)
+    torch.manual_seed(5)
+    mine = mobilenet_v3_small_features()
+    mine_next = torch.rand(4)
+    ref_state, state = ref.features.state_dict(), mine.state_dict()
+    assert list(state) == list(ref_state) and all(torch.equal(state[k], ref_state[k]) for k in state)
+    assert torch.equal(mine_next, ref_next)
+    x = torch.rand(2, 3, 96, 96)
+    for train in (True, False):
+        ref.train(train), mine.train(train)
+        with torch.no_grad():
+            assert torch.allclose(mine(x), ref.features(x), atol=1e-6)
+
+
 def test_pretrained_errors(tmp_path):
     with pytest.raises(MvfError, match="not found"):
         build_backbone("resnet18", tmp_path / "missing.pth")

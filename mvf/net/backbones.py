@@ -3,7 +3,8 @@
 * ``vgg``: the paper's VGG-16-style stack (13 conv 3x3 + BatchNorm + ReLU, 5 max-pools), for
   224 px on a GPU; 512 channels at stride 32.
 * ``resnet18``: torchvision's ResNet-18 trunk (no pooling/fc); 512 channels at stride 32.
-* ``mobilenet_v3_small``: torchvision's MobileNetV3-Small features; 576 channels at stride 32.
+* ``mobilenet_v3_small``: MobileNetV3-Small's features, built here with torchvision's layout and
+  keys (`mobilenet_v3_small_features`); 576 channels at stride 32.
 
 All are built with random weights. ``pretrained`` names a local state-dict file (a torchvision
 checkpoint of that architecture, or a backbone saved by mvf); classifier keys are ignored.
@@ -93,12 +94,95 @@ class _ResNetTrunk(nn.Module):
         return self.pyramid(x)[-1]
 
 
-def _mobilenet_trunk() -> nn.Module:
-    import torchvision
+# MobileNetV3-Small's inverted residual blocks (Howard et al. 2019, Table 2): kernel, expanded
+# channels, output channels, squeeze-excitation, hard-swish (else ReLU), stride; the input has 16.
+MOBILENET_V3_SMALL = ((3, 16, 16, True, False, 2), (3, 72, 24, False, False, 2), (3, 88, 24, False, False, 1),
+                      (5, 96, 40, True, True, 2), (5, 240, 40, True, True, 1), (5, 240, 40, True, True, 1),
+                      (5, 120, 48, True, True, 1), (5, 144, 48, True, True, 1), (5, 288, 96, True, True, 2),
+                      (5, 576, 96, True, True, 1), (5, 576, 96, True, True, 1))
 
-    net = torchvision.models.mobilenet_v3_small(weights=None)
+
+def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+             activation: type[nn.Module] | None = nn.ReLU) -> nn.Sequential:
+    """Conv (no bias) + BatchNorm (eps 1e-3, momentum 0.01) + activation: torchvision's
+    ``Conv2dNormActivation`` as MobileNetV3 uses it (keys ``0.weight``, ``1.*``)."""
+    layers = [nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(cout, eps=0.001, momentum=0.01)]
+    if activation is not None:
+        layers.append(activation(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def _divisible_by_8(channels: float) -> int:
+    """torchvision's ``_make_divisible(channels, 8)``: the nearest multiple of 8, not below 90 %."""
+    out = max(8, int(channels + 4) // 8 * 8)
+    return out + 8 if out < 0.9 * channels else out
+
+
+class _SqueezeExcitation(nn.Module):
+    """Channel gates ``hardsigmoid(fc2(relu(fc1(mean over H, W))))`` (keys ``fc1.*``, ``fc2.*``)."""
+
+    def __init__(self, channels: int, squeeze: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * nn.functional.hardsigmoid(scale)
+
+
+class _InvertedResidual(nn.Module):
+    """Expand (1x1), depthwise (k x k, stride), optional squeeze-excitation, project (1x1), plus
+    the input when the shape is kept; the layer stack is ``block`` as in torchvision."""
+
+    def __init__(self, cin: int, kernel: int, expanded: int, cout: int, se: bool, hardswish: bool, stride: int):
+        super().__init__()
+        act = nn.Hardswish if hardswish else nn.ReLU
+        layers: list[nn.Module] = [] if expanded == cin else [_conv_bn(cin, expanded, 1, activation=act)]
+        layers.append(_conv_bn(expanded, expanded, kernel, stride, groups=expanded, activation=act))
+        if se:
+            layers.append(_SqueezeExcitation(expanded, _divisible_by_8(expanded // 4)))
+        layers.append(_conv_bn(expanded, cout, 1, activation=None))
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return out + x if self.residual else out
+
+
+def mobilenet_v3_small_features() -> nn.Sequential:
+    """MobileNetV3-Small's ``features`` ``(N, 3, H, W) -> (N, 576, H/32, W/32)``, random weights,
+    the same modules, keys and initial weights (for the same RNG state) as torchvision's
+    ``mobilenet_v3_small().features``, whose import costs ~1.5 s (it imports ``torch._dynamo``)."""
+    layers: list[nn.Module] = [_conv_bn(3, 16, 3, 2, activation=nn.Hardswish)]
+    cin = 16
+    for kernel, expanded, cout, se, hardswish, stride in MOBILENET_V3_SMALL:
+        layers.append(_InvertedResidual(cin, kernel, expanded, cout, se, hardswish, stride))
+        cin = cout
+    layers.append(_conv_bn(cin, 6 * cin, 1, activation=nn.Hardswish))
+    features = nn.Sequential(*layers)
+    # torchvision's classifier head is built next and initialised with the rest; drawing its
+    # weights too keeps the random stream, so a seed gives the same network as before
+    head = nn.Sequential(nn.Linear(576, 1024), nn.Linear(1024, 1000))
+    for m in (*features.modules(), *head.modules()):
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+    return features
+
+
+def _mobilenet_trunk() -> nn.Module:
     # blocks 0-1 reach stride 4 (16 ch), 2-3 stride 8 (24), 4-8 stride 16 (48), 9-12 stride 32 (576)
-    return _Features(net.features, taps=(1, 3, 8, 12), pyramid_channels=(16, 24, 48, 576))
+    return _Features(mobilenet_v3_small_features(), taps=(1, 3, 8, 12), pyramid_channels=(16, 24, 48, 576))
 
 
 class _Features(nn.Module):
