@@ -149,7 +149,8 @@ def test_mobilenet_v3_small_is_torchvisions_without_importing_it():
     assert torch.equal(mine_next, ref_next)
     x = torch.rand(2, 3, 96, 96)
     for train in (True, False):
-        ref.train(train), mine.train(train)
+        ref.train(train)
+        mine.train(train)
         with torch.no_grad():
             assert torch.allclose(mine(x), ref.features(x), atol=1e-6)
 

@@ -293,7 +293,7 @@ class _Problem:
         self.exp_linear = torch.zeros(self.size, device=dev, dtype=torch.float64)
         self.exp_linear[self.n_id:self.n_id + n_exp] = cfg.w_exp_prior / max(n_exp, 1)
         self.centre: Tensor | None = None  # (n_id + n_exp,) the network prior's centre
-        self.w_centre = cfg.w_net_prior  # its weight in the current phase
+        self.w_centre = cfg.w_net_prior  # its weight in the current phase (`fit` sets the cross-view phase's)
         # id and exp bases per compact vertex, (M, 3, P), for `search`'s gathers along M
         self.vertex_basis = torch.cat([compact.id_basis[:self.n_id], compact.exp_basis]).reshape(
             self.n_id + n_exp, -1, 3).permute(1, 2, 0).contiguous()
