@@ -468,7 +468,7 @@ def test_profile_settings_fill_only_unset_keys():
 
 def test_network_start_settings_fill_only_unset_keys():
     """After a detector-input network the fit takes `NETWORK_FIT_DEFAULTS` (a prior centred on the
-    prediction, fewer landmark steps) where the user set nothing; ``--refine-steps`` sets the landmark
+    prediction, with its own weight per phase; fewer landmark and cross-view steps) where the user set nothing; ``--refine-steps`` sets the landmark
     steps (0: the regression alone); an image-framing network is fitted only when asked, without the
     network profile (its prior stays off)."""
     from types import SimpleNamespace
