@@ -31,9 +31,10 @@
    ``--camera-distance MM`` renders the sets with a pinhole camera MM from the face (``views.camera_distance_mm``
    of `mvf synth`; sets ``tune512_dMM`` ...): what the weak-perspective fit loses on photos taken from
    a finite distance.
-2. scan-lps (``../shared/samples/scan-lps``): ``mvf reconstruct`` (default settings plus
-   ``--set``), ``mvf export --landmarks`` and ``mvf evaluate`` with both landmark files; RMSE mm
-   and the wall seconds of ``mvf reconstruct``.
+2. Real scans: scan-lps (``../shared/samples/scan-lps``) and any case ``--scans`` names, laid out
+   like it (``tools/render_scan.py`` renders one from a textured scan): ``mvf reconstruct`` (default
+   settings plus ``--set``), ``mvf export --landmarks`` and ``mvf evaluate`` with both landmark
+   files; RMSE mm, the mean face's, and the wall seconds of ``mvf reconstruct``.
 """
 from __future__ import annotations
 
@@ -248,12 +249,14 @@ def run_set(model, subjects: list[Subject], cfg, lset, region, front_only: bool 
     return out
 
 
-def scan_lps(extra: list[str], out_dir: Path | None = None, extra_args: list[str] | None = None) -> dict:
-    """``mvf reconstruct`` on scan-lps, then export + evaluate (README there). RMSE mm, wall s."""
+def scan_case(case: Path, extra: list[str], out_dir: Path | None = None, extra_args: list[str] | None = None,
+              mean_face: bool = False) -> dict:
+    """``mvf reconstruct`` on a scan case laid out like scan-lps (its README; `tools/render_scan.py`
+    makes more), then export + evaluate. RMSE mm, wall s; with ``mean_face`` also the mean face's."""
     with tempfile.TemporaryDirectory() as tmp:
         rec = Path(out_dir) if out_dir else Path(tmp) / "rec"
-        cmd = [sys.executable, "-m", "mvf", "reconstruct", "--front", str(SCAN / "front.png"),
-               "--left", str(SCAN / "left.png"), "--right", str(SCAN / "right.png"), "--out", str(rec),
+        cmd = [sys.executable, "-m", "mvf", "reconstruct", "--front", str(case / "front.png"),
+               "--left", str(case / "left.png"), "--right", str(case / "right.png"), "--out", str(rec),
                *(extra_args or [])]
         if extra:  # `mvf reconstruct` takes settings as a YAML file
             settings: dict = {}
@@ -267,15 +270,27 @@ def scan_lps(extra: list[str], out_dir: Path | None = None, extra_args: list[str
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             return {"error": proc.stderr.strip().splitlines()[-1:]}
-        subprocess.run([sys.executable, "-m", "mvf", "export", "--params", str(rec / "params.json"),
-                        "--out", str(rec / "lm.obj"), "--landmarks"], cwd=ROOT, capture_output=True, check=True)
-        ej = Path(tmp) / "e.json"
-        subprocess.run([sys.executable, "-m", "mvf", "evaluate", "--pred", str(rec / "mesh.obj"),
-                        "--gt", str(SCAN / "gt.ply"), "--pred-landmarks", str(rec / "lm_landmarks.txt"),
-                        "--gt-landmarks", str(SCAN / "gt_landmarks.txt"), "--json", str(ej)],
-                       cwd=ROOT, capture_output=True, check=True)
-        ev = json.loads(ej.read_text())
-    return {"rmse_mm": ev.get("rmse_mm", ev.get("rmse")), "wall_s": wall, "evaluate": ev}
+        ev = evaluate_params(case, rec / "params.json", Path(tmp) / "eval", pred=rec / "mesh.obj")
+        out = {"rmse_mm": ev.get("rmse_mm", ev.get("rmse")), "wall_s": wall, "evaluate": ev}
+        if mean_face:
+            zero = Path(tmp) / "zero.json"
+            zero.write_text(json.dumps({"id": [], "exp": []}))
+            out["mean_face_mm"] = evaluate_params(case, zero, Path(tmp) / "mean")["rmse_mm"]
+    return out
+
+
+def evaluate_params(case: Path, params: Path, work: Path, pred: Path | None = None) -> dict:
+    """``mvf evaluate`` of ``pred`` (default: ``mvf export`` of ``params``) against the case's scan,
+    with the landmarks ``mvf export --landmarks`` gives for ``params``."""
+    work.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "mvf", "export", "--params", str(params), "--out", str(work / "lm.obj"),
+                    "--landmarks"], cwd=ROOT, capture_output=True, check=True)
+    ej = work / "e.json"
+    subprocess.run([sys.executable, "-m", "mvf", "evaluate", "--pred", str(pred or work / "lm.obj"),
+                    "--gt", str(case / "gt.ply"), "--pred-landmarks", str(work / "lm_landmarks.txt"),
+                    "--gt-landmarks", str(case / "gt_landmarks.txt"), "--json", str(ej)],
+                   cwd=ROOT, capture_output=True, check=True)
+    return json.loads(ej.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", help="also the network paths (regression, regression + fit, front only)")
     ap.add_argument("--front-checkpoint", help="front-only network (fusion: mean) for a concat --checkpoint")
     ap.add_argument("--no-fit", action="store_true", help="skip the fits from the mean face")
-    ap.add_argument("--scan-args", default="", help="extra `mvf reconstruct` arguments for scan-lps")
+    ap.add_argument("--scan-args", default="", help="extra `mvf reconstruct` arguments for the scan cases")
+    ap.add_argument("--scans", nargs="+", type=Path, default=[SCAN],
+                    help="scan cases laid out like scan-lps (tools/render_scan.py), scored with their mean face")
     ap.add_argument("--exact-points", action="store_true",
                     help="fit the calibrated points projected from the true faces instead of mediapipe's")
     ap.add_argument("--from-truth", action="store_true",
@@ -333,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                 res["skipped"] = len(dirs) - len(subjects)
                 report["sets"][f"{name}{size}{suffix}/{lm_kind}"] = res
     if not args.skip_scan:
-        report["scan_lps"] = scan_lps(args.set, extra_args=args.scan_args.split())
+        report["scans"] = {case.name: scan_case(case, args.set, extra_args=args.scan_args.split(), mean_face=True)
+                           for case in args.scans}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -354,9 +372,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {key.split('/')[0]} | {r['net']:.3f} | {1000 * r['net_s']:.1f} | "
                   f"{100.0 * (r['net'] / r['mean_face'] - 1.0):+.1f}% | {r['net_fit']:.3f} | {r['net_fit_s']:.2f} | "
                   f"{r.get('net_front', nan):.3f} | {r.get('net_fit_front', nan):.3f} |")
-    if "scan_lps" in report:
-        sc = report["scan_lps"]
-        print(f"scan-lps: {sc.get('rmse_mm')} mm (mean face 1.834), mvf reconstruct {sc.get('wall_s', 0):.1f} s wall")
+    for name, sc in report.get("scans", {}).items():
+        print(f"{name}: {sc.get('rmse_mm', sc.get('error'))} mm (mean face {sc.get('mean_face_mm')}), "
+              f"mvf reconstruct {sc.get('wall_s', 0):.1f} s wall")
     return 0
 
 

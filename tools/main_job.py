@@ -159,10 +159,10 @@ def main() -> None:
                      f"{1000 * r['net_s']:.0f} ms), network + fit {r['net_fit']:.2f} mm ({r['net_fit_s']:.1f} s), "
                      f"network front only {r.get('net_front', float('nan')):.2f} mm "
                      f"(+ fit {r.get('net_fit_front', float('nan')):.2f} mm)\n")
-        scan = bench.get("scan_lps", {})
+        scan = bench.get("scans", {}).get("scan-lps", {})
         if "rmse_mm" in scan:
             fh.write(f"  scan-lps (mvf reconstruct --checkpoint, mvf evaluate): {scan['rmse_mm']:.3f} mm "
-                     f"(mean face 1.834 mm), {scan['wall_s']:.1f} s wall\n")
+                     f"(mean face {scan['mean_face_mm']:.3f} mm), {scan['wall_s']:.1f} s wall\n")
     print("\n" + (OUT / "report.txt").read_text())
     print(f"make run: done. Outputs in {OUT}:\n"
           f"  {run} (checkpoints, metrics.csv, TensorBoard)\n  {recon} (textured mesh.obj, mesh.ply, params.json, overlays, timing.json)\n"
