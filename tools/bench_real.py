@@ -299,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subjects", type=int, default=14, help="subjects of the test set")
     ap.add_argument("--tune-subjects", type=int, default=40,
                     help="subjects of the tuning set (14 proved too few to choose by: see README)")
-    ap.add_argument("--sets", nargs="+", default=["tune", "test"], choices=list(SEEDS))
+    ap.add_argument("--sets", nargs="*", default=["tune", "test"], choices=list(SEEDS),
+                    help="synthetic sets (none: the scan cases alone)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 512])
     ap.add_argument("--landmarks", nargs="+", default=["calibrated"], choices=["calibrated", "ibug68"])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="FitConfig override")
