@@ -218,3 +218,27 @@ def test_threads_follow_the_idle_cores(monkeypatch):
     assert rc.default_threads(sample_s=0.0) == 1
     readings = iter([stat(10, 500), stat(10, 700)])
     assert rc.default_threads(sample_s=0.0) == 2
+
+
+def test_side_views_turned_past_the_calibrated_range_are_warned_about():
+    """A side view whose final yaw is past WIDE_SIDE_YAW_DEG gets one warning naming its file
+    and yaw; side views inside the range and the front view (whatever its yaw) get none."""
+    from types import SimpleNamespace
+    from pathlib import Path
+
+    from mvf.recon.pipeline import WIDE_SIDE_YAW_DEG, Reconstruction
+
+    def warned(yaws_deg: dict[str, float]) -> list[str]:
+        names = tuple(yaws_deg)
+        poses = torch.zeros(len(names), 6)
+        poses[:, 2] = torch.deg2rad(torch.tensor(list(yaws_deg.values())))
+        views = SimpleNamespace(names=names, paths=[Path(f"/photos/{n}.jpg") for n in names])
+        rec = Reconstruction(views, None, None, None, poses, None, None, None)
+        return rec.wide_view_warnings()
+
+    assert warned({"front": 0.0, "left": -45.0, "right": 50.0}) == []
+    assert warned({"front": 70.0, "left": -WIDE_SIDE_YAW_DEG + 0.5, "right": WIDE_SIDE_YAW_DEG - 0.5}) == []
+    lines = warned({"front": 2.0, "left": -59.6, "right": 40.0})
+    assert len(lines) == 1 and lines[0].startswith("/photos/left.jpg: yaw -60 deg")
+    lines = warned({"front": 2.0, "left": -30.0, "right": 61.0})
+    assert len(lines) == 1 and lines[0].startswith("/photos/right.jpg: yaw +61 deg") and "\n" not in lines[0]

@@ -128,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     for w in views.warnings:
         print(f"warning: {w}", file=sys.stderr)
     rec = reconstruct(views, network, fit_cfg)
+    for w in rec.wide_view_warnings():
+        print(f"warning: {w}", file=sys.stderr)
     written = write_outputs(rec, args.out, timing=timing)
     print_summary(rec, written)
     return 0

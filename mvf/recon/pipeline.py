@@ -31,6 +31,12 @@ from mvf.recon.refine import predict
 from mvf.recon.texture import Texture, TextureConfig, texture_from_views, uv_layout
 from mvf.recon.views import Views
 
+# |yaw| (deg) of a side view's final pose past which the photo is at or beyond the 60 deg edge of the
+# side views the detector was calibrated for and the network trained on (`views.side_yaw` 20-60). The
+# fit reads real photos turned further as 58-60 deg: on a real scan (tools/render_scan.py, README) true
+# 75 deg side views came out at -58 / +60 deg and gave 2.1 mm against 0.8 at 60 deg (mean face 1.6);
+# a synthetic 58 deg view came out at 57.
+WIDE_SIDE_YAW_DEG = 58.0
 TEXTURE_SOURCE_MAX = 1024  # colours come from crops of the photo up to this size (px)
 
 
@@ -56,6 +62,18 @@ class Reconstruction:
     def poses_full(self) -> Tensor:
         """Poses ``(V, 6)`` in the input photos' pixels."""
         return torch.stack([tf.pose_to_full(p) for tf, p in zip(self.views.transforms, self.poses)])
+
+    def wide_view_warnings(self) -> list[str]:
+        """One line per side view whose final yaw is past `WIDE_SIDE_YAW_DEG`: a photo taken at or
+        beyond the 60 deg the detector's calibration and the network's training cover."""
+        out = []
+        for name, path, pose in zip(self.views.names, self.views.paths, self.poses):
+            yaw = float(np.degrees(pose[2]))
+            if name != "front" and abs(yaw) > WIDE_SIDE_YAW_DEG:
+                out.append(f"{path}: yaw {yaw:+.0f} deg, at the edge of the 20-60 deg side views the detector "
+                           "was calibrated for; past it the detector's points mislead the fit and the mesh can be "
+                           "worse than from the front photo alone (retake the view at 30-45 deg, or leave it out)")
+        return out
 
     def landmark_errors(self) -> tuple[float | None, dict[str, float]]:
         """Mean distance (crop px) of the model's landmarks to the views' visible landmarks,
