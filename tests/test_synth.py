@@ -354,3 +354,56 @@ def test_pinhole_camera_option(model, tmp_path):
         assert np.abs(im.astype(float) - iw).mean() > 1.0
     with pytest.raises(MvfError, match="camera_distance_mm"):
         from_dict(SynthConfig, {"views": {"camera_distance_mm": [50.0, 60.0]}})
+
+
+def test_lights_fixed_to_the_camera(model, tmp_path):
+    """``lighting.frame: camera``: each view is lit from the same camera-space directions, so a
+    vertex's shade is ``ambient + colour · max(0, (R n) · d)`` with the view's rotation R, the
+    views no longer agree photometrically, and the draws and poses are those of the default."""
+    from renderer import cross_view_warp
+    from mvf.data.sampling import sample_subject
+    from mvf.data.synth import SynthGenerator
+    from mvf.face.mesh import vertex_normals
+    from renderer.rotations import euler_to_matrix
+
+    cfg = from_dict(SynthConfig, {"image": {"blur": [0, 0], "noise": [0, 0]}, "lighting": {"frame": "camera"}})
+    gen = SynthGenerator(cfg, model, size=SIZE)
+    draw = sample_subject(5, 0, cfg, model.n_id, gen.exp_names, gen.fields)
+    verts = gen._decode([draw])
+    normals = vertex_normals(verts, model.faces)
+    poses = torch.zeros(3, 6)
+    poses[:, 0] = 1.0
+    poses[:, 2] = torch.tensor([0.0, -0.6, 0.7])  # yaw, rad
+    _, colours = gen._scene(verts, normals, [draw], poses)
+    n_model = verts.shape[1]
+    assert colours.shape == (1, 3, colours.shape[2], 3)
+    albedo = torch.as_tensor(draw.albedo.colours, dtype=colours.dtype)
+    dirs = torch.nn.functional.normalize(torch.as_tensor(draw.lighting.directions, dtype=colours.dtype), dim=-1)
+    for v in range(3):
+        n_view = normals[0] @ euler_to_matrix(poses[v, 1:4]).T  # (N, 3) normals in the view's frame
+        shade = torch.as_tensor(draw.lighting.ambient, dtype=colours.dtype) + \
+            (n_view @ dirs.T).clamp(min=0) @ torch.as_tensor(draw.lighting.colours, dtype=colours.dtype)
+        assert torch.allclose(colours[0, v, :n_model], albedo * shade, atol=1e-5)
+
+    roots = {}
+    for frame in ("model", "camera"):
+        roots[frame] = tmp_path / frame
+        c = from_dict(SynthConfig, {"image": {"blur": [0, 0], "noise": [0, 0]}, "lighting": {"frame": frame}})
+        generate(roots[frame], 2, seed=5, cfg=c, model=model, size=SIZE, workers=0, progress=False)
+    errs = {}
+    for frame, root in roots.items():
+        errs[frame] = []
+        for name in read_index(root)["subjects"]:
+            labels, images = _load(root, name)
+            imgs = torch.from_numpy(images).permute(0, 3, 1, 2)[None].float() / 255
+            warped, valid = cross_view_warp(imgs, _decode(model, labels)[None], model.faces,
+                                            torch.from_numpy(labels["pose"])[None])
+            target = imgs[:, [b for _, b in ((0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1))]]
+            errs[frame].append(float(((warped - target).abs().mean(2, keepdim=True) * valid).sum() / valid.sum()))
+    for name in read_index(roots["camera"])["subjects"]:
+        lm, lc = _load(roots["model"], name)[0], _load(roots["camera"], name)[0]
+        for key in ("id", "exp", "pose", "landmarks"):
+            assert np.array_equal(lm[key], lc[key]), key
+    assert max(errs["model"]) < 0.02 and min(errs["camera"]) > 2 * max(errs["model"]), errs
+    with pytest.raises(MvfError, match="lighting.frame"):
+        from_dict(SynthConfig, {"lighting": {"frame": "world"}})

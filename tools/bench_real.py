@@ -28,6 +28,8 @@
    regression followed by the fit on the front view (`mvf reconstruct --checkpoint` given one
    photo); ``--no-fit`` skips the fits
    from the mean face.
+   ``--light-frame camera`` renders them with lights fixed to the camera (sets ``tune512_lcam`` ...):
+   the shading changes from view to view, as when the head turns under a lamp or a flash.
    ``--camera-distance MM`` renders the sets with a pinhole camera MM from the face (``views.camera_distance_mm``
    of `mvf synth`; sets ``tune512_dMM`` ...): what the weak-perspective fit loses on photos taken from
    a finite distance.
@@ -77,9 +79,10 @@ SCAN = ROOT.parent / "shared" / "samples" / "scan-lps"
 CROP = 224
 
 
-def ensure_set(path: Path, subjects: int, seed: int, size: int, camera_distance_mm: float = 0.0) -> None:
+def ensure_set(path: Path, subjects: int, seed: int, size: int, camera_distance_mm: float = 0.0,
+               light_frame: str = "model") -> None:
     """Generate a synthetic set with `mvf synth` unless it is complete (with a pinhole camera at
-    ``camera_distance_mm`` when > 0, else weak perspective)."""
+    ``camera_distance_mm`` when > 0, else weak perspective; lights fixed to ``light_frame``)."""
     index = path / "index.json"
     if index.is_file() and len(json.loads(index.read_text()).get("subjects", [])) >= subjects:
         return
@@ -87,6 +90,8 @@ def ensure_set(path: Path, subjects: int, seed: int, size: int, camera_distance_
            "--seed", str(seed), "--size", str(size), "--quiet"]
     if camera_distance_mm > 0:
         cmd += ["--set", f"views.camera_distance_mm=[{camera_distance_mm},{camera_distance_mm}]"]
+    if light_frame != "model":
+        cmd += ["--set", f"lighting.frame={light_frame}"]
     if subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr).returncode != 0:
         sys.exit(f"bench_real: `mvf synth` failed for {path}")
 
@@ -319,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--camera-distance", type=float, default=0.0, metavar="MM",
                     help="render the sets with a pinhole camera this far from the face (sets *_dMM; "
                          "default 0: weak perspective, the model's camera)")
+    ap.add_argument("--light-frame", choices=["model", "camera"], default="model",
+                    help="render the sets with lights fixed to the head (default) or to the camera (sets "
+                         "*_lcam: the shading changes between the views, as under a lamp or a flash)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -336,10 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"settings": args.set, "sets": {}}
     for name in args.sets:
         for size in args.sizes:
-            suffix = f"_d{args.camera_distance:g}" if args.camera_distance > 0 else ""
+            suffix = (f"_d{args.camera_distance:g}" if args.camera_distance > 0 else "") + \
+                ("_lcam" if args.light_frame == "camera" else "")
             path = Path(args.data) / f"{name}{size}{suffix}"
             n_subjects = args.tune_subjects if name == "tune" else args.subjects
-            ensure_set(path, n_subjects, SEEDS[name], size, args.camera_distance)
+            ensure_set(path, n_subjects, SEEDS[name], size, args.camera_distance, args.light_frame)
             dirs = subject_dirs(path, n_subjects)
             det = detections(path, dirs)
             subjects = [s for s in (prepare(model, d, r, exact) for d, r in zip(dirs, det["raw"])) if s is not None]

@@ -97,15 +97,21 @@ class AlbedoConfig:
     saturation: float = 1.0  # scales the chroma of every colour
 
 
+LIGHT_FRAMES = ("model", "camera")
+
+
 @dataclass
 class LightingConfig:
-    """Ambient plus ``directional`` lights fixed in model space (shared by the three views)."""
+    """Ambient plus ``directional`` lights. ``frame`` "model": fixed to the head, so the three views
+    see the same shading (the camera moves around a still head); "camera": fixed to the camera, so
+    the shading changes with the view (the head turns under a lamp, or a flash)."""
 
     ambient: list[float] = field(default_factory=lambda: [0.25, 0.55])
     directional: list[int] = field(default_factory=lambda: [1, 2])
     intensity: list[float] = field(default_factory=lambda: [0.45, 0.9])
     colour_jitter: float = 0.06  # std of each light's warm/cool colour shift
     min_front: float = 0.1  # lights come from directions with z >= this (in front of the face)
+    frame: str = "model"  # "model" or "camera": what the light directions are fixed to
 
 
 @dataclass
@@ -154,6 +160,8 @@ class SynthConfig:
             _check_range("views.camera_distance_mm", v.camera_distance_mm, 200, 100000)
         if not 0 <= self.identity.sigma or self.identity.n_modes < 0 or self.identity.clip <= 0:
             raise MvfError("config key 'identity': need n_modes >= 0, sigma >= 0, clip > 0")
+        if self.lighting.frame not in LIGHT_FRAMES:
+            raise MvfError(f"config key 'lighting.frame': {self.lighting.frame!r} is not one of {list(LIGHT_FRAMES)}")
         if len(self.lighting.directional) != 2 or not 0 <= self.lighting.directional[0] <= self.lighting.directional[1]:
             raise MvfError(f"config key 'lighting.directional': expected [min, max] counts, got {self.lighting.directional}")
         for g in self.expression.groups:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from renderer.camera import perspective_prewarp, project, project_with_depth, rotate
+from renderer.rotations import euler_to_matrix
 from mvf.config import to_dict
 from mvf.face.mesh import vertex_normals
 from mvf.data.albedo import AlbedoFields
@@ -185,8 +186,11 @@ class SynthGenerator:
         poses = torch.cat([f[:, None], angles, t], 1)
         return poses, pts, ids, on_sil
 
-    def _scene(self, verts: torch.Tensor, normals: torch.Tensor, draws: list[SubjectDraw]):
-        """Scene vertices ``(B, Nt, 3)`` (model + caps) and their lit colours ``(B, Nt, 3)``."""
+    def _scene(self, verts: torch.Tensor, normals: torch.Tensor, draws: list[SubjectDraw],
+               poses: torch.Tensor | None = None):
+        """Scene vertices ``(B, Nt, 3)`` (model + caps) and their lit colours: ``(B, Nt, 3)`` for
+        lights fixed to the head, ``(B, V, Nt, 3)`` for lights fixed to the camera
+        (``lighting.frame`` "camera", given the views' ``poses`` ``(B * V, 6)``)."""
         cap_v = self.caps.vertices(verts, normals)
         cap_n = self.caps.normals(verts, normals)
         all_v = torch.cat([verts, cap_v], 1)
@@ -199,6 +203,11 @@ class SynthGenerator:
         dirs = torch.stack([torch.as_tensor(d.lighting.directions) for d in draws]).to(dev)
         cols = torch.stack([torch.as_tensor(d.lighting.colours) for d in draws]).to(dev)
         dirs = torch.nn.functional.normalize(dirs, dim=-1)
+        if poses is not None and self.cfg.lighting.frame == "camera":
+            rot = euler_to_matrix(poses[:, 1:4].to(dirs.dtype)).reshape(len(draws), -1, 3, 3)  # model -> view
+            dirs = dirs[:, None] @ rot  # each view's camera-space directions in model space (B, V, L, 3)
+            lambert = (all_n[:, None] @ dirs.transpose(-1, -2)).clamp(min=0.0)  # (B, V, Nt, L)
+            return all_v, albedo[:, None] * (amb[:, None, None] + lambert @ cols[:, None])
         lambert = (all_n @ dirs.transpose(1, 2)).clamp(min=0.0)  # (B, Nt, L)
         shade = amb[:, None] + lambert @ cols  # (B, Nt, 3)
         return all_v, albedo * shade
@@ -214,7 +223,7 @@ class SynthGenerator:
         if distances is not None and bool((distances > 0).any()):
             warped = perspective_prewarp(vv, poses, distances.clamp_min(1.0), ref_depth)
             vv = torch.where((distances > 0)[:, None, None], warped, vv)
-        cv = colours[:, None].expand(b, views, nt, 3).reshape(b * views, nt, 3)
+        cv = (colours if colours.dim() == 4 else colours[:, None].expand(b, views, nt, 3)).reshape(b * views, nt, 3)
         fr = rasterize(vv, self.faces_all, poses, (size, size), backend=self.backend)
         rgb = interpolate_vertex_attr(fr, cv, self.faces_all)
         p2f = fr.pix_to_face[..., 0]
@@ -235,7 +244,7 @@ class SynthGenerator:
         poses, pts, lm_ids, on_sil = self._frame(
             verts, t("angles").reshape(-1, 3), t("fill").reshape(-1),
             t("shift").reshape(-1, 2), size)
-        all_v, colours = self._scene(verts, normals, draws)
+        all_v, colours = self._scene(verts, normals, draws, poses)
         distances = t("camera_distance_mm").float().repeat_interleave(n_views)  # (N,), 0: weak perspective
         ref_depth = rotate(pts, poses).mean(1)[:, 2]  # the landmarks' mean depth: magnification f
         fr, vv, rgb, alpha, face_mask = self._raster(all_v, colours, poses, size, n_views, distances, ref_depth)
