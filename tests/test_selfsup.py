@@ -173,6 +173,30 @@ def test_log_l1_distance_is_l1_for_small_differences_and_discounts_outliers():
         CrossViewConfig(log_scale=0.0)
 
 
+def test_masked_blur_is_a_normalised_gaussian_convolution():
+    """masked_blur equals blur(image * mask) / blur(mask) with a truncated Gaussian, as a direct
+    2D convolution computes it, and its gradient matches finite differences."""
+    import math
+    import torch.nn.functional as tnf
+
+    g = torch.Generator().manual_seed(3)
+    img = torch.rand(2, 3, 17, 23, generator=g, dtype=torch.float64)
+    mask = (torch.rand(2, 1, 17, 23, generator=g) > 0.3).double()
+    sigma = 1.7
+    radius = math.ceil(3 * sigma)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k1 = torch.exp(-0.5 * (x / sigma) ** 2)
+    k2 = (k1[:, None] * k1[None, :] / k1.sum() ** 2)[None, None]
+
+    def conv(t):
+        return tnf.conv2d(t.reshape(-1, 1, 17, 23), k2, padding=radius).reshape(t.shape)
+
+    ref = conv(img * mask) / conv(mask.expand_as(img)).clamp_min(1e-4)
+    assert torch.allclose(masked_blur(img, mask, sigma), ref, atol=1e-12)
+    small = img[:1, :1, :6, :7].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: masked_blur(t, mask[:1, :, :6, :7], 1.0), (small,))
+
+
 def test_masked_blur_uses_only_masked_pixels():
     img = torch.full((1, 3, 20, 20), 0.4)
     mask = torch.ones(1, 1, 20, 20)
