@@ -45,11 +45,14 @@ class FitCrossViewConfig(CrossViewConfig):
     """`CrossViewConfig` for fitting photos: views are colour-matched ("affine") by default, since
     real cameras and a head turning under fixed lights change exposure between views; no erosion
     of the co-visible pixels (session 15); the robust "log_l1" colour distance (session 18: pixels
-    no pose and shape can match weigh less). Chosen on tools/bench_real.py's tuning set and scan-lps."""
+    no pose and shape can match weigh less); the images' local mean removed (``highpass_px`` 3,
+    session 21: shading that changes between the views, a lamp or a flash fixed to the camera,
+    no longer reads as misalignment). Chosen on tools/bench_real.py's tuning sets and scan-lps."""
 
     normalise: str = "affine"
     erode_px: int = 0
     photometric: str = "log_l1"
+    highpass_px: float = 3.0
 
 
 MIN_DISTANCE_MM, MAX_DISTANCE_MM = 200.0, 100000.0
