@@ -36,6 +36,7 @@ from pytorch3d.renderer import TexturesUV, TexturesVertex  # noqa: E402
 from pytorch3d.structures import Meshes  # noqa: E402
 
 from renderer import rasterize  # noqa: E402
+from renderer.rotations import euler_deg_to_matrix_np  # noqa: E402
 from mvf.errors import MvfError, file_error  # noqa: E402
 from mvf.fileio import write_image, write_json  # noqa: E402
 from mvf.io import Mesh, load_mesh, save_mesh  # noqa: E402
@@ -82,20 +83,10 @@ def face_frame(landmarks: np.ndarray, eye_corners_mm: float) -> tuple[np.ndarray
     return rotation, origin, float(scale)
 
 
-def rot_x(deg: float) -> np.ndarray:
-    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
-    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-
-
-def rot_y(deg: float) -> np.ndarray:
-    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
 def view_camera(yaw_deg: float, pitch_deg: float, target: np.ndarray, distance_mm: float, fov_deg: float,
                 size: int) -> dict:
     """One view's camera as in scan-lps ``cameras.json`` (mvf head pose, OpenCV R/t/K, centre)."""
-    head = rot_y(yaw_deg) @ rot_x(pitch_deg)
+    head = euler_deg_to_matrix_np([pitch_deg, yaw_deg, 0.0])  # Ry(yaw) Rx(pitch), mvf's pose convention
     r_cv = np.diag([1.0, -1.0, -1.0]) @ head
     t_cv = -r_cv @ target + np.array([0.0, 0.0, distance_mm])
     focal = (size / 2) / np.tan(np.radians(fov_deg) / 2)
@@ -170,9 +161,10 @@ def render_case(mesh_path: Path, landmarks_path: Path, out: Path, eye_corners_mm
                 fov_deg: float = 12.41) -> dict:
     """Write the case (see the module docstring); returns its ``cameras.json`` content."""
     mesh = load_mesh(mesh_path)
-    rotation, origin, scale = face_frame(read_landmarks(landmarks_path), eye_corners_mm)
+    landmarks = read_landmarks(landmarks_path)
+    rotation, origin, scale = face_frame(landmarks, eye_corners_mm)
     to_frame = lambda p: scale * (p - origin) @ rotation.T  # noqa: E731
-    verts_mm, landmarks_mm = to_frame(mesh.vertices), to_frame(read_landmarks(landmarks_path))
+    verts_mm, landmarks_mm = to_frame(mesh.vertices), to_frame(landmarks)
     brow_y, chin_y = landmarks_mm[17:27, 1].mean(), landmarks_mm[8, 1]
     target = np.array([0.0, (brow_y + chin_y) / 2, 0.0])
     meshes = scan_meshes(mesh, verts_mm)

@@ -203,14 +203,14 @@ class SynthGenerator:
         dirs = torch.stack([torch.as_tensor(d.lighting.directions) for d in draws]).to(dev)
         cols = torch.stack([torch.as_tensor(d.lighting.colours) for d in draws]).to(dev)
         dirs = torch.nn.functional.normalize(dirs, dim=-1)
-        if poses is not None and self.cfg.lighting.frame == "camera":
-            rot = euler_to_matrix(poses[:, 1:4].to(dirs.dtype)).reshape(len(draws), -1, 3, 3)  # model -> view
-            dirs = dirs[:, None] @ rot  # each view's camera-space directions in model space (B, V, L, 3)
-            lambert = (all_n[:, None] @ dirs.transpose(-1, -2)).clamp(min=0.0)  # (B, V, Nt, L)
-            return all_v, albedo[:, None] * (amb[:, None, None] + lambert @ cols[:, None])
-        lambert = (all_n @ dirs.transpose(1, 2)).clamp(min=0.0)  # (B, Nt, L)
-        shade = amb[:, None] + lambert @ cols  # (B, Nt, 3)
-        return all_v, albedo * shade
+        per_view = poses is not None and self.cfg.lighting.frame == "camera"
+        if per_view:  # each view's camera-space directions in model space (B, V, L, 3)
+            dirs = dirs[:, None] @ euler_to_matrix(poses[:, 1:4].to(dirs.dtype)).reshape(len(draws), -1, 3, 3)
+        else:
+            dirs = dirs[:, None]  # (B, 1, L, 3): one lighting for all views
+        lambert = (all_n[:, None] @ dirs.transpose(-1, -2)).clamp(min=0.0)  # (B, V | 1, Nt, L)
+        colours = albedo[:, None] * (amb[:, None, None] + lambert @ cols[:, None])  # (B, V | 1, Nt, 3)
+        return all_v, colours if per_view else colours[:, 0]
 
     def _raster(self, all_v: torch.Tensor, colours: torch.Tensor, poses: torch.Tensor, size: int, views: int,
                 distances: torch.Tensor | None = None, ref_depth: torch.Tensor | None = None):
