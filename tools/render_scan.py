@@ -38,7 +38,7 @@ from pytorch3d.structures import Meshes  # noqa: E402
 from renderer import rasterize  # noqa: E402
 from renderer.rotations import euler_deg_to_matrix_np  # noqa: E402
 from mvf.errors import MvfError, file_error  # noqa: E402
-from mvf.fileio import write_image, write_json  # noqa: E402
+from mvf.fileio import atomic_path, write_image, write_json  # noqa: E402
 from mvf.io import Mesh, load_mesh, save_mesh  # noqa: E402
 
 VIEW_YAW_SIGN = {"front": 0.0, "left": -1.0, "right": 1.0}
@@ -176,7 +176,8 @@ def render_case(mesh_path: Path, landmarks_path: Path, out: Path, eye_corners_mm
     save_mesh(out / "gt.ply", verts_mm, mesh.faces, colours=vertex_colours(mesh))
     header = ("68 iBUG-68 landmarks (x y z mm, face frame: origin = eye-centre midpoint, +x subject's left, "
               f"+y up, +z out of the face); from {landmarks_path.name}; 0-based point index 30 = nose tip")
-    np.savetxt(out / "gt_landmarks.txt", landmarks_mm, fmt="%.4f", header=header)
+    with atomic_path(out / "gt_landmarks.txt") as tmp:  # like the images, mesh and cameras.json
+        np.savetxt(tmp, landmarks_mm, fmt="%.4f", header=header)
     cameras = {"convention": "as ../shared/samples/scan-lps/cameras.json", "views": views,
                "source": {"mesh": str(mesh_path), "landmarks": str(landmarks_path), "mm_per_unit": scale}}
     write_json(out / "cameras.json", cameras)
