@@ -20,7 +20,7 @@ import torch.nn.functional as tnf
 from torch import Tensor
 
 from mvf.errors import MvfError
-from mvf.face.mesh import vertex_normals
+from mvf.face.mesh import face_normals, vertex_normals
 from renderer import sample_pairs, warp_geometry
 
 
@@ -41,7 +41,10 @@ class CrossViewConfig:
     normalise: colour matching of I_A→B to I_B before the photometric distance, per pair and
         channel over the co-visible pixels: "none"; "gain" (scale so the means agree: exposure
         and white balance differ between real cameras); "affine" (means and standard
-        deviations agree: also absorbs contrast).
+        deviations agree: also absorbs contrast); "shading" (the affine match, with the gain a
+        linear function of the surface normal seen at each pixel of B: ``c + I_A→B · (g0 + g · n)``
+        fitted by least squares, so shading that differs between the views because the lights
+        stay with the camera while the head turns, or a flash, is matched too).
     highpass_px: when > 0, both images lose their local mean (a mask-normalised Gaussian blur of
         this sigma, pixels) before they are compared, so slowly varying shading differences
         between the views (a head turning under fixed lights) do not count. 0 compares colours.
@@ -67,18 +70,48 @@ class CrossViewConfig:
 
 
 PHOTOMETRIC = ("charbonnier", "l1", "log_l1")
-NORMALISE = ("none", "gain", "affine")
+NORMALISE = ("none", "gain", "affine", "shading")
+SHADING_RIDGE = 1e-5  # of the shading match's normal equations, relative to their mean diagonal
 
 
-def match_colours(source: Tensor, target: Tensor, mask: Tensor, kind: str = "gain") -> Tensor:
+def match_shading(source: Tensor, target: Tensor, mask: Tensor, normals: Tensor) -> Tensor:
+    """``c + source · (g0 + g · n)``, per image and channel, closest to ``target`` over ``mask`` (least
+    squares, a small ridge): the affine colour match with a gain that varies linearly with the unit
+    surface normal ``n``.
+
+    source, target: ``(..., C, H, W)``; mask: ``(..., 1, H, W)``; normals: ``(..., 3, H, W)``.
+    Differentiable in ``source`` (the fitted coefficients included).
+    """
+    ones = torch.ones_like(mask)
+    basis = torch.cat([ones, normals], -3)  # (..., 4, H, W)
+    # (..., C, 5, H, W): 1, source, source * n_x, source * n_y, source * n_z
+    src = source.unsqueeze(-3)
+    feats = torch.cat([torch.ones_like(src), src * basis.unsqueeze(-4)], -3)
+    m = mask.unsqueeze(-4)
+    fm = (feats * m).flatten(-2)  # (..., C, 5, HW)
+    gram = fm @ feats.flatten(-2).transpose(-1, -2)  # (..., C, 5, 5)
+    rhs = fm @ target.unsqueeze(-3).flatten(-2).transpose(-1, -2)  # (..., C, 5, 1)
+    ridge = SHADING_RIDGE * gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-6)
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    coef = torch.linalg.solve(gram + ridge[..., None, None] * eye, rhs)  # (..., C, 5, 1)
+    return (feats * coef.unsqueeze(-1)).sum(-3)
+
+
+def match_colours(source: Tensor, target: Tensor, mask: Tensor, kind: str = "gain",
+                  normals: Tensor | None = None) -> Tensor:
     """Map ``source`` colours so their statistics over ``mask`` match ``target``'s, per image and channel.
 
     source, target: ``(..., C, H, W)``; mask: ``(..., 1, H, W)``. ``kind``: "none", "gain"
-    (``source · mean_t / mean_s``) or "affine" (``(source - mean_s) · std_t / std_s + mean_t``).
+    (``source · mean_t / mean_s``), "affine" (``(source - mean_s) · std_t / std_s + mean_t``) or
+    "shading" (`match_shading`, with ``normals`` ``(..., 3, H, W)``).
     Differentiable in ``source`` (the statistics included).
     """
     if kind == "none":
         return source
+    if kind == "shading":
+        if normals is None:
+            raise ValueError("colour matching 'shading' needs the surface normals")
+        return match_shading(source, target, mask, normals)
     area = mask.sum((-2, -1), keepdim=True).clamp_min(1.0)
     mean_s = (source * mask).sum((-2, -1), keepdim=True) / area
     mean_t = (target * mask).sum((-2, -1), keepdim=True) / area
@@ -150,14 +183,16 @@ def masked_blur(images: Tensor, mask: Tensor, sigma: float) -> Tensor:
     return out[..., :c, :, :] / out[..., c:, :, :].clamp_min(1e-4)
 
 
-def photometric_loss(target: Tensor, warped: Tensor, mask: Tensor, cfg: CrossViewConfig) -> tuple[Tensor, Tensor]:
+def photometric_loss(target: Tensor, warped: Tensor, mask: Tensor, cfg: CrossViewConfig,
+                     normals: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Robust photometric error between I_B ``target`` and I_A→B ``warped``, both ``(B, P, 3, H, W)``.
 
     ``mask`` ``(B, P, 1, H, W)``: the (eroded) co-visibility. ``warped`` is first colour-matched
-    to ``target`` over the mask when ``cfg.normalise`` says so (`match_colours`).
+    to ``target`` over the mask when ``cfg.normalise`` says so (`match_colours`; "shading" needs
+    ``normals`` ``(B, P, 3, H, W)``, the unit surface normal at each pixel of B).
     Returns (loss, error map ``(B, P, 1, H, W)``).
     """
-    warped = match_colours(warped, target, mask, cfg.normalise)
+    warped = match_colours(warped, target, mask, cfg.normalise, normals)
     if cfg.highpass_px > 0:
         target = target - masked_blur(target, mask, cfg.highpass_px)
         warped = warped - masked_blur(warped, mask, cfg.highpass_px)
@@ -198,6 +233,18 @@ class CrossViewResult:
     extras: dict = field(default_factory=dict)
 
 
+@torch.no_grad()
+def pixel_normals(verts: Tensor, faces: Tensor, pix_to_face: Tensor, n_views: int) -> Tensor:
+    """``(B, V, 3, H, W)`` unit normal of the triangle seen at each pixel (0 where empty), from
+    ``verts`` ``(B, N, 3)`` or ``(B, V, N, 3)`` and the views' packed ``pix_to_face``
+    ``(B * V, H, W, 1)``. Not differentiated: it only shapes the shading match."""
+    per_view = verts if verts.dim() == 4 else verts[:, None].expand(-1, n_views, -1, -1)
+    fn = tnf.normalize(face_normals(per_view, faces), dim=-1, eps=1e-12).reshape(-1, 3)  # (B V F, 3)
+    p2f = pix_to_face[..., 0]
+    out = fn[p2f.clamp_min(0)] * (p2f >= 0)[..., None].to(fn.dtype)  # (B V, H, W, 3)
+    return out.reshape(verts.shape[0], n_views, *p2f.shape[1:], 3).permute(0, 1, 4, 2, 3)
+
+
 def cross_view_losses(images: Tensor, verts: Tensor, faces: Tensor, poses: Tensor, cfg: CrossViewConfig,
                       flow_net=None, pairs: list[tuple[int, int]] | None = None,
                       backend: str = "auto", region: Tensor | None = None) -> CrossViewResult:
@@ -222,8 +269,10 @@ def cross_view_losses(images: Tensor, verts: Tensor, faces: Tensor, poses: Tenso
         in_region = in_region.reshape(images.shape[0], v, 1, *images.shape[-2:])
         valid = valid * in_region[:, [b for _, b in pairs]].to(valid.dtype)
     mask = erode_covisible(valid, cfg.erode_px)
-    target = images[:, [b for _, b in pairs]]
-    photo, err = photometric_loss(target, warped, mask, cfg)
+    targets = [b for _, b in pairs]
+    target = images[:, targets]
+    normals = pixel_normals(verts, faces, geometry.pix_to_face, v)[:, targets] if cfg.normalise == "shading" else None
+    photo, err = photometric_loss(target, warped, mask, cfg, normals)
     if flow_net is not None:
         flow_loss, flow_field = flow_alignment_loss(flow_net, target, warped, mask, cfg)
     else:
