@@ -72,29 +72,34 @@ class CrossViewConfig:
 PHOTOMETRIC = ("charbonnier", "l1", "log_l1")
 NORMALISE = ("none", "gain", "affine", "shading")
 SHADING_RIDGE = 1e-5  # of the shading match's normal equations, relative to their mean diagonal
+_BASIS_PAIRS = torch.triu_indices(4, 4)  # (2, 10): the products b_i b_j (i <= j) of the basis (1, n)
 
 
 def match_shading(source: Tensor, target: Tensor, mask: Tensor, normals: Tensor) -> Tensor:
     """``c + source · (g0 + g · n)``, per image and channel, closest to ``target`` over ``mask`` (least
-    squares, a small ridge): the affine colour match with a gain that varies linearly with the unit
-    surface normal ``n``.
+    squares, ridge `SHADING_RIDGE`): the affine colour match with a gain that varies linearly with
+    the unit surface normal ``n``.
 
     source, target: ``(..., C, H, W)``; mask: ``(..., 1, H, W)``; normals: ``(..., 3, H, W)``.
-    Differentiable in ``source`` (the fitted coefficients included).
+    Differentiable in ``source`` (the fitted coefficients included). The 5 x 5 normal equations
+    are sums of products of the basis ``(1, n)`` (`_BASIS_PAIRS`), never a per-channel feature stack.
     """
-    ones = torch.ones_like(mask)
-    basis = torch.cat([ones, normals], -3)  # (..., 4, H, W)
-    # (..., C, 5, H, W): 1, source, source * n_x, source * n_y, source * n_z
-    src = source.unsqueeze(-3)
-    feats = torch.cat([torch.ones_like(src), src * basis.unsqueeze(-4)], -3)
-    m = mask.unsqueeze(-4)
-    fm = (feats * m).flatten(-2)  # (..., C, 5, HW)
-    gram = fm @ feats.flatten(-2).transpose(-1, -2)  # (..., C, 5, 5)
-    rhs = fm @ target.unsqueeze(-3).flatten(-2).transpose(-1, -2)  # (..., C, 5, 1)
+    basis = torch.cat([torch.ones_like(mask), normals], -3).flatten(-2)  # (..., 4, HW)
+    i, j = _BASIS_PAIRS.to(basis.device)
+    products = basis[..., i, :] * basis[..., j, :]  # (..., 10, HW): b_i b_j, i <= j
+    m, s = mask.flatten(-2), source.flatten(-2)  # (..., 1, HW), (..., C, HW)
+    sm, tm = s * m, target.flatten(-2) * m
+    sb = sm @ basis.transpose(-1, -2)  # (..., C, 4): sum m s b_i
+    upper = (sm * s) @ products.transpose(-1, -2)  # (..., C, 10): sum m s^2 b_i b_j
+    sbb = torch.zeros(*upper.shape[:-1], 16, dtype=s.dtype, device=s.device)
+    sbb = sbb.index_copy(-1, i * 4 + j, upper).index_copy(-1, j * 4 + i, upper).unflatten(-1, (4, 4))
+    area = m.sum(-1, keepdim=True).expand(*sb.shape[:-1], 1)  # (..., C, 1)
+    gram = torch.cat([torch.cat([area, sb], -1)[..., None, :], torch.cat([sb[..., :, None], sbb], -1)], -2)
+    rhs = torch.cat([tm.sum(-1, keepdim=True), (tm * s) @ basis.transpose(-1, -2)], -1)[..., None]  # (..., C, 5, 1)
     ridge = SHADING_RIDGE * gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-6)
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    coef = torch.linalg.solve(gram + ridge[..., None, None] * eye, rhs)  # (..., C, 5, 1)
-    return (feats * coef.unsqueeze(-1)).sum(-3)
+    eye = torch.eye(5, dtype=gram.dtype, device=gram.device)
+    coef = torch.linalg.solve(gram + ridge[..., None, None] * eye, rhs)[..., 0]  # (..., C, 5): c, g0, g
+    return (coef[..., :1] + s * (coef[..., 1:] @ basis)).reshape(source.shape)
 
 
 def match_colours(source: Tensor, target: Tensor, mask: Tensor, kind: str = "gain",
