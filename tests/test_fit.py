@@ -414,7 +414,7 @@ def test_fit_config_file_and_validation():
 
     shipped = load_config(Path(__file__).resolve().parents[1] / "configs" / "fit.yaml", FitConfig)
     assert to_dict(shipped) == to_dict(FitConfig())  # the file documents the defaults
-    assert load_config(None, FitConfig, ["cross_view.erode_px=3"]).cross_view.normalise == "affine"
+    assert load_config(None, FitConfig, ["cross_view.erode_px=3"]).cross_view.normalise == "shading"
     for bad in ("photo_pairs=some", "photo_region=hair", "landmark_steps=-1", "photo_size=8", "photo_coarse_size=8",
                 "photo_coarse_steps=-1", "distance_step=-1",
                 "cross_view.normalise=hdr", "pose_step=[1, 2]"):

@@ -42,17 +42,18 @@ LANDMARK_CHOICES = ("auto", "calibrated", "ibug68")
 
 @dataclass
 class FitCrossViewConfig(CrossViewConfig):
-    """`CrossViewConfig` for fitting photos: views are colour-matched ("affine") by default, since
-    real cameras and a head turning under fixed lights change exposure between views; no erosion
-    of the co-visible pixels (session 15); the robust "log_l1" colour distance (session 18: pixels
-    no pose and shape can match weigh less); the images' local mean removed (``highpass_px`` 3,
-    session 21: shading that changes between the views, a lamp or a flash fixed to the camera,
-    no longer reads as misalignment). Chosen on tools/bench_real.py's tuning sets and scan-lps."""
+    """`CrossViewConfig` for fitting photos: no erosion of the co-visible pixels (session 15); the
+    robust "log_l1" colour distance (session 18: pixels no pose and shape can match weigh less);
+    the "shading" colour match (session 22: each warped view's colours matched to the target's
+    with a gain linear in the surface normal, so exposure, white balance and shading that changes
+    between the views, a head turning under fixed lights or a flash, no longer read as
+    misalignment; "affine" until then, with a 3 px high-pass in session 21). Chosen on
+    tools/bench_real.py's tuning sets (lights fixed to the head and to the camera)."""
 
-    normalise: str = "affine"
+    normalise: str = "shading"
     erode_px: int = 0
     photometric: str = "log_l1"
-    highpass_px: float = 3.0
+    highpass_px: float = 0.0
 
 
 MIN_DISTANCE_MM, MAX_DISTANCE_MM = 200.0, 100000.0
